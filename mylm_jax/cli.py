@@ -1,0 +1,79 @@
+"""The `mylm` command.
+
+    mylm config --config configs/gpt2_tiny.yaml [section.key=value ...]
+        print the resolved, validated config as YAML
+    mylm params --config configs/moe_tiny.yaml [section.key=value ...]
+        build the model abstractly (no memory for weights) and print every parameter's
+        path, shape, logical axes and size, the totals and the training FLOPs per token
+
+A user mistake (bad key, bad value, missing file) prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from mylm_jax.config import Config, ConfigError, dump_config, load_config
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: the built-in defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override config values, e.g. model.n_layers=2 optim.lr=3e-4")
+
+
+def cmd_config(cfg: Config, args) -> None:
+    print(dump_config(cfg), end="")
+
+
+def cmd_params(cfg: Config, args) -> None:
+    from flax import nnx
+
+    from mylm_jax.model.accounting import active_matmul_params, flops_per_token, param_count
+    from mylm_jax.model.gpt import GPT
+    from mylm_jax.model.params import logical_axes, param_shapes
+
+    # eval_shape traces the constructor: shapes and metadata, no weights allocated.
+    model = nnx.eval_shape(lambda: GPT(cfg.model, nnx.Rngs(0)))
+    axes = logical_axes(model)
+    shapes = param_shapes(model)
+    width = max(len(name) for name in shapes)
+    print(f"{'parameter':<{width}}  {'shape':<18} {'logical axes':<40} {'size':>12}")
+    total = 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        total += size
+        axes_str = "(" + ", ".join(str(a) for a in axes[name]) + ")"
+        print(f"{name:<{width}}  {str(tuple(shape)):<18} {axes_str:<40} {size:>12,}")
+    assert total == param_count(cfg.model), "accounting.param_count disagrees with the model"
+    T = cfg.data.seq_len
+    print(f"\ntotal parameters        {total:,}")
+    print(f"matmul weights / token  {active_matmul_params(cfg.model):,}")
+    print(f"training FLOPs / token  {flops_per_token(cfg.model, T):,.0f}  (T={T})")
+
+
+COMMANDS = {
+    "config": (cmd_config, "print the resolved config as YAML"),
+    "params": (cmd_params, "list the model's parameters, sizes, logical axes and FLOPs per token"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mylm", description="MyLM: train language models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        COMMANDS[args.command][0](cfg, args)
+    except ConfigError as e:
+        print(f"mylm: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Experiment configuration: dataclass schemas, YAML loading, dotted overrides, validation.
+
+A config is five sections, each a frozen dataclass:
+
+    model   what network to build (shared by the JAX model and the PyTorch twin)
+    data    where tokens come from and how batches are shaped
+    optim   optimizer and learning-rate schedule
+    train   the loop: steps, seed, logging, output
+    mesh    how devices are arranged for sharding
+
+`load_config("configs/x.yaml", ["model.d_model=128"])` reads YAML, applies overrides
+(values parsed as YAML, so `true`, `1e-3`, `[0, 2]` work) and validates every key
+against the schema. Any mistake raises `ConfigError` with a one-line message naming
+the key and what was expected; the CLI prints it without a traceback.
+
+This module imports no jax: the twin, the tokenizer and the scripts use it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; its message is one line."""
+
+
+# --------------------------------------------------------------------------- schemas
+
+Norm = Literal["layernorm", "rmsnorm"]
+Mlp = Literal["gelu", "swiglu"]
+Position = Literal["learned", "rope", "none"]
+AttnGate = Literal["none", "headwise", "elementwise"]
+AttnImpl = Literal["reference", "dot_product"]
+MoeImpl = Literal["dense", "ragged"]
+Init = Literal["normal", "gpt2_scaled", "xavier", "kaiming", "zero_out"]
+DType = Literal["float32", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One schema for every variant; the YAML files in configs/ pick the combination.
+
+    GPT-2 baseline: position=learned, norm=layernorm, mlp=gelu, bias=true.
+    Modern (Llama-style): position=rope, norm=rmsnorm, mlp=swiglu, n_kv_heads < n_heads.
+    """
+
+    vocab_size: int = 4096
+    max_seq_len: int = 256  # longest context; sizes the learned position table
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # None: = n_heads (plain multi-head attention)
+    d_ff: Optional[int] = None  # None: 4*d_model for gelu, 8/3*d_model (rounded up to 64) for swiglu
+    position: Position = "learned"
+    rope_theta: float = 10000.0
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: Mlp = "gelu"
+    bias: bool = True  # biases on every linear layer and LayerNorm
+    tie_embeddings: bool = True
+    qk_norm: bool = False  # normalise q and k per head before RoPE (same norm type as `norm`)
+    attn_gate: AttnGate = "none"  # Qwen gated attention, position G1
+    attention_impl: AttnImpl = "dot_product"
+    # Mixture of experts. n_experts == 0 means a dense model.
+    n_experts: int = 0
+    n_shared_experts: int = 0
+    top_k: int = 2
+    moe_d_ff: Optional[int] = None  # hidden size of each expert; None: = d_ff
+    moe_layers: Optional[tuple[int, ...]] = None  # None: every layer (when n_experts > 0)
+    router_renormalize: bool = True  # renormalise the top-k probabilities to sum to 1
+    moe_impl: MoeImpl = "dense"
+    moe_aux_loss_weight: float = 0.01  # Switch load-balancing loss weight (used by the trainer)
+    moe_z_loss_weight: float = 0.001  # router z-loss weight (used by the trainer)
+    init: Init = "gpt2_scaled"
+    init_std: float = 0.02
+    dtype: DType = "float32"  # compute dtype of matmul inputs; params and accumulation stay float32
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.n_kv_heads={self.kv_heads} must divide model.n_heads={self.n_heads}")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ConfigError(f"model.position=rope needs an even head_dim, got {self.head_dim}")
+        if self.n_experts:
+            if not 1 <= self.top_k <= self.n_experts:
+                raise ConfigError(
+                    f"model.top_k={self.top_k} must be in [1, model.n_experts={self.n_experts}]")
+            bad = [i for i in self.moe_layers or () if not 0 <= i < self.n_layers]
+            if bad:
+                raise ConfigError(
+                    f"model.moe_layers has {bad}: layer indices must be in [0, {self.n_layers})")
+        elif self.moe_layers or self.n_shared_experts:
+            raise ConfigError("model.moe_layers / model.n_shared_experts need model.n_experts > 0")
+        for key in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":  # keep the parameter count of a 4*d GELU MLP (Llama)
+            return -(-(8 * self.d_model // 3) // 64) * 64
+        return 4 * self.d_model
+
+    @property
+    def expert_dim(self) -> int:
+        return self.moe_d_ff or self.ffn_dim
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.n_experts > 0 and (self.moe_layers is None or layer in self.moe_layers)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_path: str = ""  # token shards (written by the data pipeline)
+    val_path: str = ""
+    seq_len: int = 256  # tokens per training row (T); at most model.max_seq_len
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adamw", "muon"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    schedule: Literal["constant", "cosine", "wsd"] = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16  # sequences per optimizer step, over all devices and microbatches
+    microbatches: int = 1  # gradient accumulation: batch_size is split into this many
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    out_dir: str = "runs/default"
+
+    def __post_init__(self):
+        if self.microbatches < 1 or self.batch_size % self.microbatches:
+            raise ConfigError(
+                f"train.microbatches={self.microbatches} must be >= 1 and divide "
+                f"train.batch_size={self.batch_size}")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; one of them may be -1 ("all remaining devices")."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    expert: int = 1
+
+    def __post_init__(self):
+        sizes = dataclasses.astuple(self)
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"mesh sizes must be positive with at most one -1, got {sizes}")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self):
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (e.g. list -> tuple)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not valid; expected {_type_name(tp)}")
+        return value
+    if origin is tuple:  # tuple[int, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} is not valid; expected a list")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; accept what Python reads as a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not valid; expected {_type_name(tp)}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown key '{prefix}{key}'; valid keys: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, prefix + key)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    return _build(Config, values, "")
+
+
+def config_to_dict(config: Config) -> dict:
+    def plain(x):
+        return list(x) if isinstance(x, tuple) else x
+    return {
+        section: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, section)).items()}
+        for section in (f.name for f in dataclasses.fields(config))
+    }
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a nested dict (a copy); values are parsed as YAML."""
+    values = {k: dict(v or {}) for k, v in values.items()}
+    sections = [f.name for f in dataclasses.fields(Config)]
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        section, dot, key = path.partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        if section not in sections:
+            raise ConfigError(f"override '{item}': unknown section '{section}'; "
+                              f"valid sections: {', '.join(sections)}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        values.setdefault(section, {})[key] = value
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or start from the defaults) and apply dotted overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return config_from_dict(apply_overrides(values, list(overrides)))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -1,0 +1,112 @@
+"""Causal self-attention: multi-head / grouped-query, optional QK-norm, RoPE and output gate.
+
+Shapes: B batch, T query length, S key length (= T here), H query heads, K kv heads,
+G = H / K query heads sharing one kv head, d head dim, D model width, N = B*T.
+
+Grouped-query attention (GQA) stores K < H key/value heads; query head h reads kv
+head h // G. With K = H it is plain multi-head attention.
+
+Gated attention (Qiu et al. 2025, "Gated Attention for Large Language Models",
+position G1): y = attention(x) * sigmoid(x W_g) before the output projection,
+where x is the block's normed input. The gate is one scalar per head ("headwise",
+W_g: [D, H]) or one per element ("elementwise", W_g: [D, H, d]). It lets a head
+output (close to) nothing, which removes attention sinks and massive activations.
+
+Two implementations compute the same function:
+  * `reference_attention`: the two einsums written out with an explicit mask;
+  * `jax.nn.dot_product_attention`: the library kernel (cuDNN flash attention on
+    GPU when the mask allows it, XLA elsewhere).
+Both take the same boolean mask: causal AND same-document (`segment_ids`), so packed
+documents never attend to one another.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mylm_jax.config import ModelConfig
+from mylm_jax.model.layers import Dense, make_norm, rope
+
+NEG_INF = -1e30  # finite, so a fully masked row cannot produce NaN
+
+
+def attention_mask(segment_ids_BT: jax.Array | None, B: int, T: int) -> jax.Array:
+    """[B, T, S] boolean: query t may attend to key s iff s <= t and both are in one document."""
+    causal_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
+    if segment_ids_BT is None:
+        return jnp.broadcast_to(causal_TS, (B, T, T))
+    same_doc_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    return causal_TS & same_doc_BTS
+
+
+def reference_attention(q_BTHd, k_BSKd, v_BSKd, mask_BTS, dtype) -> jax.Array:
+    """softmax(q k^T / sqrt(d) + mask) v, with the kv head shared by G query heads."""
+    B, T, H, d = q_BTHd.shape
+    K = k_BSKd.shape[2]
+    q_BTKGd = q_BTHd.reshape(B, T, K, H // K, d).astype(dtype)
+    scores_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGd, k_BSKd.astype(dtype),
+                              preferred_element_type=jnp.float32) / math.sqrt(d)
+    scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, NEG_INF)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
+    out_BTKGd = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS.astype(dtype), v_BSKd.astype(dtype),
+                           preferred_element_type=jnp.float32)
+    return out_BTKGd.reshape(B, T, H, d)
+
+
+def fast_attention(q_BTHd, k_BSKd, v_BSKd, segment_ids_BT, dtype) -> jax.Array:
+    """`jax.nn.dot_product_attention`; without segment ids it uses `is_causal`, which
+    lets the cuDNN kernel skip the masked half instead of reading a mask."""
+    q, k, v = (t.astype(dtype) for t in (q_BTHd, k_BSKd, v_BSKd))
+    if segment_ids_BT is None:
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    else:
+        B, T = segment_ids_BT.shape
+        mask_B1TS = attention_mask(segment_ids_BT, B, T)[:, None]
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask_B1TS)
+    return out.astype(jnp.float32)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        D, H, K, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.cfg = cfg
+        self.q = Dense(cfg, (D,), (H, d), ("embed",), ("heads", "head_dim"), "hidden", rngs)
+        # k and v share one kernel [D, 2, K, d]: one matmul instead of two.
+        self.kv = Dense(cfg, (D,), (2, K, d), ("embed",), (None, "kv_heads", "head_dim"), "hidden", rngs)
+        if cfg.qk_norm:
+            self.q_norm = make_norm(cfg, d, "head_dim")
+            self.k_norm = make_norm(cfg, d, "head_dim")
+        gate_shape = {"headwise": (H,), "elementwise": (H, d)}.get(cfg.attn_gate)
+        if gate_shape:
+            self.gate = Dense(cfg, (D,), gate_shape, ("embed",), ("heads", "head_dim")[:len(gate_shape)],
+                              "hidden", rngs)
+        self.out = Dense(cfg, (H, d), (D,), ("heads", "head_dim"), ("embed",), "output", rngs)
+
+    def __call__(self, x_ND: jax.Array, B: int, T: int, positions_BT: jax.Array,
+                 segment_ids_BT: jax.Array | None) -> jax.Array:
+        cfg = self.cfg
+        H, K, d = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        q_BTHd = self.q(x_ND).reshape(B, T, H, d)
+        kv_N2Kd = self.kv(x_ND)
+        k_BTKd = kv_N2Kd[:, 0].reshape(B, T, K, d)
+        v_BTKd = kv_N2Kd[:, 1].reshape(B, T, K, d)
+        if cfg.qk_norm:
+            q_BTHd, k_BTKd = self.q_norm(q_BTHd), self.k_norm(k_BTKd)
+        if cfg.position == "rope":
+            q_BTHd = rope(q_BTHd, positions_BT, cfg.rope_theta)
+            k_BTKd = rope(k_BTKd, positions_BT, cfg.rope_theta)
+        dtype = jnp.dtype(cfg.dtype)
+        if cfg.attention_impl == "reference":
+            y_BTHd = reference_attention(q_BTHd, k_BTKd, v_BTKd,
+                                         attention_mask(segment_ids_BT, B, T), dtype)
+        else:
+            y_BTHd = fast_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype)
+        y_NHd = y_BTHd.reshape(B * T, H, d)
+        if cfg.attn_gate != "none":
+            gate = jax.nn.sigmoid(self.gate(x_ND))  # [N, H] or [N, H, d]
+            y_NHd = y_NHd * (gate[:, :, None] if cfg.attn_gate == "headwise" else gate)
+        return self.out(y_NHd)

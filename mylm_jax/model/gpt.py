@@ -1,0 +1,90 @@
+"""The GPT model family: one pre-norm decoder, every variant chosen by `ModelConfig`.
+
+    x = embed(tokens) (+ pos_embed(positions) when position == "learned")
+    for each block:   x = x + attn(norm(x));   x = x + ffn(norm(x))      (ffn: MLP or MoE)
+    logits = norm(x) @ W_head          (W_head = embed^T when tie_embeddings)
+
+`GPT(cfg, rngs)(tokens, segment_ids=None, positions=None) -> (logits, aux)`:
+    tokens, segment_ids, positions: int [B, T]
+    logits: float32 [B, T, V]
+    aux: {} for a dense model; for MoE the mean over MoE layers of `load_balance_loss`
+         and `router_z_loss`, and `expert_load` [n_moe_layers, E].
+segment_ids mark documents packed into one row (attention never crosses them; 0 is
+padding); positions restart at 0 in each document. Both default to one document.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mylm_jax.config import ModelConfig
+from mylm_jax.model.attention import Attention
+from mylm_jax.model.init import initializer
+from mylm_jax.model.layers import MLP, make_norm, matmul, param
+from mylm_jax.model.moe import MoE
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
+        self.attn_norm = make_norm(cfg, cfg.d_model)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = make_norm(cfg, cfg.d_model)
+        self.is_moe = cfg.is_moe_layer(layer)
+        self.mlp = MoE(cfg, rngs) if self.is_moe else MLP(cfg, cfg.ffn_dim, rngs)
+
+    def __call__(self, x_ND, B, T, positions_BT, segment_ids_BT):
+        x_ND = x_ND + self.attn(self.attn_norm(x_ND), B, T, positions_BT, segment_ids_BT)
+        h_ND = self.mlp_norm(x_ND)
+        if self.is_moe:
+            valid_N = None if segment_ids_BT is None else segment_ids_BT.reshape(-1) != 0
+            y_ND, aux = self.mlp(h_ND, valid_N)
+        else:
+            y_ND, aux = self.mlp(h_ND), None
+        return x_ND + y_ND, aux
+
+
+class GPT(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        V, D = cfg.vocab_size, cfg.d_model
+        self.cfg = cfg
+        self.embed = param(rngs, initializer(cfg, "embed"), (V, D), ("vocab", "embed"))
+        if cfg.position == "learned":
+            self.pos_embed = param(rngs, initializer(cfg, "embed"), (cfg.max_seq_len, D), (None, "embed"))
+        self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.n_layers)])
+        self.final_norm = make_norm(cfg, D)
+        if not cfg.tie_embeddings:
+            self.lm_head = param(rngs, initializer(cfg, "head", D, V), (D, V), ("embed", "vocab"))
+
+    def __call__(self, tokens_BT: jax.Array, segment_ids_BT: jax.Array | None = None,
+                 positions_BT: jax.Array | None = None):
+        cfg = self.cfg
+        B, T = tokens_BT.shape
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+        x_ND = self.embed[...][tokens_BT.reshape(-1)]
+        if cfg.position == "learned":
+            x_ND = x_ND + self.pos_embed[...][positions_BT.reshape(-1)]
+
+        moe_aux = []
+        for block in self.blocks:
+            x_ND, aux = block(x_ND, B, T, positions_BT, segment_ids_BT)
+            if aux is not None:
+                moe_aux.append(aux)
+
+        h_ND = self.final_norm(x_ND)
+        dtype = jnp.dtype(cfg.dtype)
+        head_DV = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+        logits_BTV = matmul(h_ND, head_DV, dtype).reshape(B, T, cfg.vocab_size)
+        return logits_BTV, _merge_moe_aux(moe_aux)
+
+
+def _merge_moe_aux(per_layer: list[dict]) -> dict:
+    if not per_layer:
+        return {}
+    return {
+        "load_balance_loss": jnp.mean(jnp.stack([a["load_balance_loss"] for a in per_layer])),
+        "router_z_loss": jnp.mean(jnp.stack([a["router_z_loss"] for a in per_layer])),
+        "expert_load": jnp.stack([a["expert_load"] for a in per_layer]),
+    }

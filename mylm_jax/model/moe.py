@@ -1,0 +1,112 @@
+"""Mixture-of-experts feed-forward layer: router -> softmax -> top-k -> experts.
+
+For each token x (N tokens, E routed experts, k chosen per token):
+
+    p = softmax(x W_r)                        router probabilities, [N, E]
+    top-k of p -> experts e_1..e_k with weights w_j = p_{e_j}
+                  (divided by their sum when `router_renormalize`)
+    y = sum_j w_j * Expert_{e_j}(x)  +  SharedExperts(x)
+
+Dropless: every token reaches all k of its experts; there is no capacity factor.
+Two implementations compute the same y (`model.moe_impl`):
+  * "dense": every expert runs on every token and the non-chosen outputs get weight
+    0. Simple, exactly shardable over an `expert` mesh axis, E/k times the FLOPs.
+  * "ragged": token copies are sorted by expert and each expert multiplies only its
+    own contiguous group (`jax.lax.ragged_dot`): the FLOPs of k experts per token.
+
+Auxiliary outputs (averaged over valid tokens; segment id 0 marks padding):
+    f_i = fraction of tokens that chose expert i      (sum_i f_i = k)
+    P_i = mean router probability of expert i         (sum_i P_i = 1)
+    load_balance_loss = E * sum_i f_i P_i             (Switch Transformer; = k when uniform)
+    router_z_loss     = mean over tokens of logsumexp(x W_r)^2     (ST-MoE)
+    expert_load       = f_i / k, the share of routed assignments each expert received
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mylm_jax.config import ModelConfig
+from mylm_jax.model.init import initializer
+from mylm_jax.model.layers import MLP, gelu, matmul, param
+
+
+class MoE(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        D, E, F = cfg.d_model, cfg.n_experts, cfg.expert_dim
+        self.cfg = cfg
+        self.router = param(rngs, initializer(cfg, "hidden", D, E), (D, E), ("embed", None))
+        # Stacked expert weights; SwiGLU experts hold gate and up as [E, D, 2, F].
+        in_shape, in_axes = ((E, D, 2, F), ("expert", "embed", None, "mlp")) if cfg.mlp == "swiglu" \
+            else ((E, D, F), ("expert", "embed", "mlp"))
+        self.w_in = param(rngs, initializer(cfg, "hidden", D, F), in_shape, in_axes)
+        self.w_out = param(rngs, initializer(cfg, "output", F, D), (E, F, D), ("expert", "mlp", "embed"))
+        if cfg.n_shared_experts:
+            self.shared = MLP(cfg, cfg.n_shared_experts * F, rngs)
+
+    def _activation(self, h: jax.Array) -> jax.Array:
+        """[..., F] or [..., 2F] (gate | up) -> [..., F]."""
+        if self.cfg.mlp == "swiglu":
+            gate, up = jnp.split(h, 2, axis=-1)
+            return jax.nn.silu(gate) * up
+        return gelu(h)
+
+    def _experts_dense(self, x_ND, weights_NE):
+        E, D = self.cfg.n_experts, self.cfg.d_model
+        dtype = jnp.dtype(self.cfg.dtype)
+        w_in_EDF = self.w_in[...].reshape(E, D, -1).astype(dtype)
+        h_NEF = jnp.einsum("nd,edf->nef", x_ND.astype(dtype), w_in_EDF, preferred_element_type=jnp.float32)
+        a_NEF = self._activation(h_NEF)
+        y_NED = jnp.einsum("nef,efd->ned", a_NEF.astype(dtype), self.w_out[...].astype(dtype),
+                           preferred_element_type=jnp.float32)
+        return jnp.einsum("ne,ned->nd", weights_NE, y_NED)
+
+    def _experts_ragged(self, x_ND, top_idx_Nk, top_w_Nk):
+        cfg = self.cfg
+        E, D, k = cfg.n_experts, cfg.d_model, cfg.top_k
+        dtype = jnp.dtype(cfg.dtype)
+        expert_M = top_idx_Nk.reshape(-1)  # M = N*k token copies, one per assignment
+        order_M = jnp.argsort(expert_M, stable=True)  # group copies by expert
+        token_M = order_M // k
+        group_sizes_E = jnp.bincount(expert_M, length=E).astype(jnp.int32)
+        xs_MD = x_ND[token_M].astype(dtype)
+        h_MF = jax.lax.ragged_dot(xs_MD, self.w_in[...].reshape(E, D, -1).astype(dtype), group_sizes_E,
+                                  preferred_element_type=jnp.float32)
+        y_MD = jax.lax.ragged_dot(self._activation(h_MF).astype(dtype), self.w_out[...].astype(dtype),
+                                  group_sizes_E, preferred_element_type=jnp.float32)
+        y_MD = y_MD * top_w_Nk.reshape(-1)[order_M][:, None]
+        return jnp.zeros_like(x_ND, dtype=jnp.float32).at[token_M].add(y_MD)
+
+    def __call__(self, x_ND: jax.Array, valid_N: jax.Array | None = None):
+        cfg = self.cfg
+        E, k = cfg.n_experts, cfg.top_k
+        # The router runs in float32 whatever the compute dtype: routing decisions
+        # are discrete, and small logit errors flip them.
+        logits_NE = matmul(x_ND, self.router[...], jnp.float32)
+        probs_NE = jax.nn.softmax(logits_NE, axis=-1)
+        top_w_Nk, top_idx_Nk = jax.lax.top_k(probs_NE, k)
+        if cfg.router_renormalize:
+            top_w_Nk = top_w_Nk / top_w_Nk.sum(-1, keepdims=True)
+        chosen_NE = jax.nn.one_hot(top_idx_Nk, E, dtype=jnp.float32).sum(1)  # 0/1 per expert
+
+        if cfg.moe_impl == "ragged":
+            y_ND = self._experts_ragged(x_ND, top_idx_Nk, top_w_Nk)
+        else:
+            weights_NE = jnp.einsum("nk,nke->ne", top_w_Nk, jax.nn.one_hot(top_idx_Nk, E, dtype=jnp.float32))
+            y_ND = self._experts_dense(x_ND, weights_NE)
+        if cfg.n_shared_experts:
+            y_ND = y_ND + self.shared(x_ND)
+
+        valid_N = jnp.ones(x_ND.shape[0], jnp.float32) if valid_N is None else valid_N.astype(jnp.float32)
+        n_valid = jnp.maximum(valid_N.sum(), 1.0)
+        f_E = (chosen_NE * valid_N[:, None]).sum(0) / n_valid
+        P_E = (probs_NE * valid_N[:, None]).sum(0) / n_valid
+        z_N = jax.nn.logsumexp(logits_NE, axis=-1)
+        aux = {
+            "load_balance_loss": E * jnp.sum(f_E * P_E),
+            "router_z_loss": jnp.sum(jnp.square(z_N) * valid_N) / n_valid,
+            "expert_load": f_E / k,
+        }
+        return y_ND, aux
