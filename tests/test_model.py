@@ -127,7 +127,7 @@ def _stds(cfg):
 def test_init_schemes(scheme):
     cfg = variant("gpt2", init=scheme, d_model=128, n_layers=4, tie_embeddings=False)
     stds, params = _stds(cfg)
-    D, F, V = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
+    D, F = cfg.d_model, cfg.ffn_dim
     expected_hidden = {"normal": 0.02, "gpt2_scaled": 0.02, "xavier": math.sqrt(2 / (D + F)),
                        "kaiming": 1 / math.sqrt(D), "zero_out": 0.02}[scheme]
     expected_out = {"normal": 0.02, "gpt2_scaled": 0.02 / math.sqrt(8), "xavier": math.sqrt(2 / (F + D)),
