@@ -38,7 +38,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu"]
 Position = Literal["learned", "rope", "none"]
 AttnGate = Literal["none", "headwise", "elementwise"]
-AttnImpl = Literal["reference", "dot_product"]
+AttnImpl = Literal["auto", "reference", "dot_product", "blockwise"]
 MoeImpl = Literal["dense", "ragged"]
 Init = Literal["normal", "gpt2_scaled", "xavier", "kaiming", "zero_out"]
 DType = Literal["float32", "bfloat16"]
@@ -68,7 +68,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     qk_norm: bool = False  # normalise q and k per head before RoPE (same norm type as `norm`)
     attn_gate: AttnGate = "none"  # Qwen gated attention, position G1
-    attention_impl: AttnImpl = "dot_product"
+    attention_impl: AttnImpl = "auto"  # auto: dot_product on GPU/TPU, blockwise on CPU
+    attention_block: int = 64  # query rows per block for attention_impl=blockwise
     # Mixture of experts. n_experts == 0 means a dense model.
     n_experts: int = 0
     n_shared_experts: int = 0
@@ -102,7 +103,7 @@ class ModelConfig:
                     f"model.moe_layers has {bad}: layer indices must be in [0, {self.n_layers})")
         elif self.moe_layers or self.n_shared_experts:
             raise ConfigError("model.moe_layers / model.n_shared_experts need model.n_experts > 0")
-        for key in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads"):
+        for key in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "attention_block"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
 

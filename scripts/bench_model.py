@@ -171,10 +171,14 @@ def main() -> None:
     for _ in range(args.warmup):
         run_jax(), run_torch()
 
+    # Each round starts with one untimed step: the other framework's worker threads
+    # keep spinning for a while after its last step (OpenMP's and Eigen's spin-wait)
+    # and would steal a core from the first timed step.
     times = {"jax": [], "torch": []}
     for _ in range(args.rounds):
-        times["jax"] += time_calls(run_jax, args.steps)
-        times["torch"] += time_calls(run_torch, args.steps)
+        for name, run in (("jax", run_jax), ("torch", run_torch)):
+            run()
+            times[name] += time_calls(run, args.steps)
 
     peak = matmul_peak_gflops()
     peak_gflops = max(peak.values())

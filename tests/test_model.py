@@ -47,9 +47,9 @@ def test_causality_gradient_of_logit_t_ignores_later_tokens(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("impl", ["reference", "dot_product"])
+@pytest.mark.parametrize("impl", ["reference", "dot_product", "blockwise"])
 def test_packed_documents_equal_documents_run_alone(name, impl):
-    cfg = variant(name, attention_impl=impl)
+    cfg = variant(name, attention_impl=impl, attention_block=3)
     model = GPT(cfg, nnx.Rngs(1))
     rng = np.random.default_rng(1)
     lengths = [7, 5, 4]

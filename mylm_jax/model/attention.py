@@ -12,11 +12,17 @@ where x is the block's normed input. The gate is one scalar per head ("headwise"
 W_g: [D, H]) or one per element ("elementwise", W_g: [D, H, d]). It lets a head
 output (close to) nothing, which removes attention sinks and massive activations.
 
-Two implementations compute the same function:
-  * `reference_attention`: the two einsums written out with an explicit mask;
-  * `jax.nn.dot_product_attention`: the library kernel (cuDNN flash attention on
-    GPU when the mask allows it, XLA elsewhere).
-Both take the same boolean mask: causal AND same-document (`segment_ids`), so packed
+Three implementations compute the same function (`model.attention_impl`):
+  * "reference": the two einsums written out over the whole T x T square with an
+    explicit mask: the definition, easiest to read;
+  * "dot_product": `jax.nn.dot_product_attention`, the library kernel (cuDNN flash
+    attention on GPU when the mask allows it, XLA elsewhere);
+  * "blockwise": queries in blocks of `attention_block` rows; block i attends only to
+    keys [0, end of block i), so the all-masked upper triangle is never computed
+    (about half the work at many blocks) and each block's scores stay cache-sized.
+    Exact: each query still sees all its keys in one softmax. Fastest on CPU.
+  * "auto" (default): dot_product on GPU/TPU, blockwise on CPU.
+All take the same boolean mask: causal AND same-document (`segment_ids`), so packed
 documents never attend to one another.
 """
 
@@ -29,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mylm_jax.config import ModelConfig
-from mylm_jax.model.layers import Dense, make_norm, rope
+from mylm_jax.model.layers import Dense, fused_dense, make_norm, rope
 
 NEG_INF = -1e30  # finite, so a fully masked row cannot produce NaN
 
@@ -55,6 +61,31 @@ def reference_attention(q_BTHd, k_BSKd, v_BSKd, mask_BTS, dtype) -> jax.Array:
     out_BTKGd = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS.astype(dtype), v_BSKd.astype(dtype),
                            preferred_element_type=jnp.float32)
     return out_BTKGd.reshape(B, T, H, d)
+
+
+def blockwise_attention(q_BTHd, k_BSKd, v_BSKd, segment_ids_BT, dtype, block: int) -> jax.Array:
+    """Causal attention computed one query block at a time, skipping keys after the block.
+
+    Heads are moved next to the batch first ([B, K, G, T, d]) so every einsum is a
+    batch of contiguous [rows, d] x [d, keys] matmuls, the layout XLA:CPU runs fastest.
+    """
+    B, T, H, d = q_BTHd.shape
+    K = k_BSKd.shape[2]
+    q_BKGTd = q_BTHd.reshape(B, T, K, H // K, d).transpose(0, 2, 3, 1, 4).astype(dtype)
+    k_BKSd = k_BSKd.transpose(0, 2, 1, 3).astype(dtype)
+    v_BKSd = v_BSKd.transpose(0, 2, 1, 3).astype(dtype)
+    mask_BTS = attention_mask(segment_ids_BT, B, T)
+    outs = []
+    for start in range(0, T, block):
+        end = min(start + block, T)  # queries [start, end) see keys [0, end)
+        scores_BKGtS = jnp.einsum("bkgtd,bksd->bkgts", q_BKGTd[:, :, :, start:end], k_BKSd[:, :, :end],
+                                  preferred_element_type=jnp.float32) / math.sqrt(d)
+        scores_BKGtS = jnp.where(mask_BTS[:, None, None, start:end, :end], scores_BKGtS, NEG_INF)
+        probs_BKGtS = jax.nn.softmax(scores_BKGtS, axis=-1).astype(dtype)
+        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs_BKGtS, v_BKSd[:, :, :end],
+                               preferred_element_type=jnp.float32))
+    out_BKGTd = jnp.concatenate(outs, axis=3)
+    return out_BKGTd.transpose(0, 3, 1, 2, 4).reshape(B, T, H, d)
 
 
 def fast_attention(q_BTHd, k_BSKd, v_BSKd, segment_ids_BT, dtype) -> jax.Array:
@@ -90,8 +121,9 @@ class Attention(nnx.Module):
                  segment_ids_BT: jax.Array | None) -> jax.Array:
         cfg = self.cfg
         H, K, d = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        q_BTHd = self.q(x_ND).reshape(B, T, H, d)
-        kv_N2Kd = self.kv(x_ND)
+        gated = cfg.attn_gate != "none"
+        q_NHd, kv_N2Kd, *gate_logits = fused_dense(x_ND, [self.q, self.kv] + ([self.gate] if gated else []))
+        q_BTHd = q_NHd.reshape(B, T, H, d)
         k_BTKd = kv_N2Kd[:, 0].reshape(B, T, K, d)
         v_BTKd = kv_N2Kd[:, 1].reshape(B, T, K, d)
         if cfg.qk_norm:
@@ -100,13 +132,18 @@ class Attention(nnx.Module):
             q_BTHd = rope(q_BTHd, positions_BT, cfg.rope_theta)
             k_BTKd = rope(k_BTKd, positions_BT, cfg.rope_theta)
         dtype = jnp.dtype(cfg.dtype)
-        if cfg.attention_impl == "reference":
+        impl = cfg.attention_impl
+        if impl == "auto":
+            impl = "blockwise" if jax.default_backend() == "cpu" else "dot_product"
+        if impl == "reference":
             y_BTHd = reference_attention(q_BTHd, k_BTKd, v_BTKd,
                                          attention_mask(segment_ids_BT, B, T), dtype)
+        elif impl == "blockwise":
+            y_BTHd = blockwise_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype, cfg.attention_block)
         else:
             y_BTHd = fast_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype)
         y_NHd = y_BTHd.reshape(B * T, H, d)
-        if cfg.attn_gate != "none":
-            gate = jax.nn.sigmoid(self.gate(x_ND))  # [N, H] or [N, H, d]
+        if gated:
+            gate = jax.nn.sigmoid(gate_logits[0])  # [N, H] or [N, H, d]
             y_NHd = y_NHd * (gate[:, :, None] if cfg.attn_gate == "headwise" else gate)
         return self.out(y_NHd)

@@ -75,7 +75,14 @@ class GPT(nnx.Module):
 
         h_ND = self.final_norm(x_ND)
         dtype = jnp.dtype(cfg.dtype)
-        head_DV = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+        if cfg.tie_embeddings:
+            # The barrier keeps embed^T a real [D, V] array. Without it XLA folds the
+            # transpose into the matmul and the backward computes dlogits^T @ h, a
+            # [V, N] x [N, D] product XLA:CPU runs at about half speed; with it, the
+            # backward is h^T @ dlogits (fast) plus a cheap [D, V] transpose.
+            head_DV = jax.lax.optimization_barrier(self.embed[...].T)
+        else:
+            head_DV = self.lm_head[...]
         logits_BTV = matmul(h_ND, head_DV, dtype).reshape(B, T, cfg.vocab_size)
         return logits_BTV, _merge_moe_aux(moe_aux)
 

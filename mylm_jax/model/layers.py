@@ -13,6 +13,7 @@ metadata (e.g. ("embed", "mlp")); `mylm_jax.parallel` maps those names to mesh a
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -69,6 +70,24 @@ class Dense(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].reshape(-1)
         return y.reshape((n,) + self.out_shape)
+
+
+def fused_dense(x: jax.Array, layers: list[Dense]) -> list[jax.Array]:
+    """Apply several Dense layers that read the same input with one matmul.
+
+    The kernels are concatenated along their outputs ([D, sum of widths]), multiplied
+    once, and the result split back: a wider matmul runs closer to peak than several
+    narrow ones (q, kv and the attention gate: ~5% of a training step on CPU). The
+    parameters keep their own shapes and logical axes.
+    """
+    n = x.shape[0]
+    kernels = [layer.kernel[...].reshape(math.prod(layer.in_shape), -1) for layer in layers]
+    y = matmul(x.reshape(n, -1), jnp.concatenate(kernels, axis=1), layers[0].dtype)
+    if any(layer.bias is not None for layer in layers):
+        y = y + jnp.concatenate([layer.bias[...].reshape(-1) if layer.bias is not None
+                                 else jnp.zeros(k.shape[1], k.dtype) for layer, k in zip(layers, kernels)])
+    splits = list(itertools.accumulate(k.shape[1] for k in kernels))[:-1]
+    return [part.reshape((n,) + layer.out_shape) for part, layer in zip(jnp.split(y, splits, axis=1), layers)]
 
 
 class LayerNorm(nnx.Module):
