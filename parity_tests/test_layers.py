@@ -120,10 +120,10 @@ MOE_CASES = {
 
 
 @pytest.mark.parametrize("padding", [False, True], ids=["all_valid", "padding"])
-@pytest.mark.parametrize("impl", ["dense", "ragged"])
+@pytest.mark.parametrize("impl", ["dense", "ragged", "blocked"])
 @pytest.mark.parametrize("case", list(MOE_CASES))
 def test_moe(case, impl, padding):
-    cfg = small_config(d_model=64, moe_impl=impl, **MOE_CASES[case])
+    cfg = small_config(d_model=64, moe_impl=impl, moe_block_rows=8, **MOE_CASES[case])
     jax_moe, torch_moe = build_jax(lambda: JaxMoE(cfg, nnx.Rngs(0)), seed=9), tm.MoE(cfg)
     copy_to_torch(jax_moe, torch_moe, cfg, "blocks.0.mlp")
     x_jax, x_torch = _inputs(cfg, seed=10)

@@ -13,6 +13,7 @@ from tests.variants import variant
 
 
 def _moe(top_k=2, renorm=True, impl="dense", mlp="gelu", seed=0, **kw):
+    kw = {"moe_block_rows": 8, **kw}  # small blocks: groups span several, padding in each
     cfg = variant("moe_gelu", n_experts=4, top_k=top_k, router_renormalize=renorm, moe_impl=impl,
                   mlp=mlp, **kw)
     return cfg, MoE(cfg, nnx.Rngs(seed))
@@ -46,7 +47,7 @@ def _numpy_reference(cfg, moe, x):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("impl", ["dense", "ragged"])
+@pytest.mark.parametrize("impl", ["dense", "ragged", "blocked"])
 @pytest.mark.parametrize("top_k, renorm, mlp", [(1, True, "gelu"), (2, False, "gelu"), (2, True, "swiglu"),
                                                 (4, True, "gelu")])
 def test_every_token_reaches_its_k_experts(impl, top_k, renorm, mlp):
@@ -56,9 +57,11 @@ def test_every_token_reaches_its_k_experts(impl, top_k, renorm, mlp):
     np.testing.assert_allclose(np.asarray(y), _numpy_reference(cfg, moe, x), atol=2e-5, rtol=1e-4)
 
 
-def test_dense_and_ragged_agree_on_outputs_aux_and_gradients():
-    (_, dense), (_, ragged) = _moe(impl="dense", n_shared_experts=1), _moe(impl="ragged", n_shared_experts=1)
-    x = _x()
+@pytest.mark.parametrize("impl", ["ragged", "blocked"])
+def test_grouped_implementations_match_dense_outputs_aux_and_gradients(impl):
+    (_, dense), (_, ragged) = (_moe(impl=name, n_shared_experts=1, moe_block_rows=16)
+                               for name in ("dense", impl))
+    x = _x(n=100)  # 200 copies over 4 experts in blocks of 16: groups span several blocks
 
     def loss(m, x):
         y, aux = m(x)

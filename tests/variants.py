@@ -16,9 +16,9 @@ VARIANTS = {
     "gated_headwise": dict(MODERN, attn_gate="headwise"),
     "gated_elementwise": dict(GPT2, attn_gate="elementwise", qk_norm=True),  # LayerNorm QK-norm + biases
     "reference_attention": dict(MODERN, attention_impl="reference", qk_norm=True),
-    "moe_gelu": dict(GPT2, n_experts=4, top_k=2),
+    "moe_gelu": dict(GPT2, n_experts=4, top_k=2, moe_impl="dense"),
     "moe_swiglu_shared": dict(MODERN, n_layers=3, n_experts=4, top_k=2, n_shared_experts=1,
-                              moe_layers=(0, 2), router_renormalize=False, moe_d_ff=48),
+                              moe_layers=(0, 2), router_renormalize=False, moe_d_ff=48),  # blocked
     "moe_ragged": dict(MODERN, n_experts=4, top_k=2, moe_impl="ragged", tie_embeddings=False),
 }
 
