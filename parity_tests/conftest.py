@@ -7,10 +7,7 @@ run both in float32 and compare with `parity_tests.tolerances.compare`.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -34,53 +31,6 @@ def highest_matmul_precision():
         yield
 
 
-def random_params(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
-    """Random float32 values for every parameter, so that no part of the math is trivial.
-
-    Norm scales U(0.5, 1.5) and biases N(0, 0.1) (not 1 and 0, so bugs in them show);
-    embeddings N(0, 0.3); matmul kernels N(0, 1/fan_in) (activations stay O(1), attention
-    and routing are far from uniform).
-    """
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in shapes.items():
-        if name.endswith("scale"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif name.endswith("bias"):
-            value = rng.normal(0.0, 0.1, shape)
-        elif name in ("embed", "pos_embed"):
-            value = rng.normal(0.0, 0.3, shape)
-        else:
-            if name.endswith("out.kernel"):  # attention out [H, d, D]
-                fan_in = shape[0] * shape[1]
-            elif name.endswith(("w_in", "w_out")):  # experts [E, in, ...]
-                fan_in = shape[1]
-            else:  # [in, ...]: q, kv, gate, fc, gate_up, proj, router, lm_head
-                fan_in = shape[0]
-            value = rng.normal(0.0, fan_in ** -0.5, shape)
-        out[name] = value.astype(np.float32)
-    return out
-
-
-def build_jax(make: Callable[[], nnx.Module], seed: int) -> nnx.Module:
-    """A JAX module with `random_params` weights.
-
-    The module is built abstractly (nnx.eval_shape) and then filled: running its own
-    initialisers eagerly would compile a random-number kernel per shape, seconds per test.
-    """
-    module = nnx.eval_shape(make)
-    variables = dict(_flat_variables(module))
-    values = random_params({name: var.get_value().shape for name, var in variables.items()}, seed)
-    for name, var in variables.items():
-        var.set_value(jnp.asarray(values[name]))
-    return module
-
-
-def _flat_variables(module: nnx.Module):
-    return [(".".join(str(p) for p in path), var)
-            for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param))]
-
-
 def copy_to_torch(jax_module: nnx.Module, torch_module: torch.nn.Module, cfg: ModelConfig,
                   prefix: str = "") -> None:
     """Load the JAX module's parameters into the torch module (strict: every name, every shape).
@@ -90,11 +40,6 @@ def copy_to_torch(jax_module: nnx.Module, torch_module: torch.nn.Module, cfg: Mo
     """
     state = jax_to_torch(flat_params(jax_module), cfg, prefix)
     torch_module.load_state_dict(state, strict=True)
-
-
-def flat_grads(grads: nnx.State) -> dict[str, np.ndarray]:
-    """An nnx gradient State -> {"blocks.0.attn.q.kernel": np.ndarray}, as flat_params names."""
-    return {".".join(str(p) for p in path): np.asarray(var[...]) for path, var in nnx.to_flat_state(grads)}
 
 
 def packed_batch(B: int, T: int, seed: int = 0):

@@ -16,8 +16,8 @@ from mylm_jax.model import layers as jl
 from mylm_jax.model.attention import Attention as JaxAttention
 from mylm_jax.model.moe import MoE as JaxMoE
 from mylm_torch import model as tm
-from parity_tests.conftest import build_jax, copy_to_torch, packed_batch
-from tests.variants import small_config
+from parity_tests.conftest import copy_to_torch, packed_batch
+from tests.variants import build_jax, small_config
 from parity_tests.tolerances import AUX_REL, LAYER_ABS, NORM_ABS, ROPE_ABS, compare
 
 B, T = 2, 16

@@ -20,12 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mylm_jax.model.gpt import GPT as JaxGPT
-from mylm_jax.model.params import flat_params, load_flat_params
+from mylm_jax.model.params import flat_arrays, flat_params, load_flat_params, param_shapes
 from mylm_torch.convert import jax_to_torch, param_layout, torch_to_jax
 from mylm_torch.model import GPT as TorchGPT
-from parity_tests.conftest import build_jax, flat_grads, packed_batch
 from mylm_jax.train.loss import cross_entropy
-from tests.variants import VARIANTS, small_config, variant as variant_config
+from parity_tests.conftest import packed_batch
+from tests.variants import VARIANTS, build_jax, small_config, variant as variant_config
 from parity_tests.tolerances import AUX_REL, GRAD_REL, LOGITS_ABS, LOSS_ABS, ZERO_GRAD_ABS, compare
 
 B, T = 2, 16
@@ -106,7 +106,7 @@ def test_logits_loss_and_grads(variant, packed):
         compare(f"{name} {key}", aux_torch[key], aux_jax[key], rel_tol=AUX_REL)
 
     # Every parameter's gradient: JAX grads -> torch layout (the converter) vs torch .grad.
-    grads_jax_torch_layout = jax_to_torch(flat_grads(grads_jax), cfg)
+    grads_jax_torch_layout = jax_to_torch(flat_arrays(grads_jax), cfg)
     params_torch = dict(torch_model.named_parameters())
     assert set(params_torch) == set(grads_jax_torch_layout)
     for pname, p in params_torch.items():
@@ -200,9 +200,7 @@ def test_layout_matches_both_models(seed, **options):
     cfg = small_config(d_model=32, vocab_size=16, max_seq_len=8, d_ff=48, **options)
     layout = param_layout(cfg)
     jax_abstract = nnx.eval_shape(lambda: JaxGPT(cfg, nnx.Rngs(0)))  # shapes only, no compute
-    jax_shapes = {".".join(str(p) for p in path): tuple(var.get_value().shape)
-                  for path, var in nnx.to_flat_state(nnx.state(jax_abstract, nnx.Param))}
-    assert jax_shapes == {name: e.jax_shape for name, e in layout.items()}
+    assert param_shapes(jax_abstract) == {name: e.jax_shape for name, e in layout.items()}
     torch_shapes = {k: tuple(v.shape) for k, v in TorchGPT(cfg).state_dict().items()}
     assert torch_shapes == {e.torch_name: e.torch_shape for e in layout.values()}
 

@@ -106,7 +106,8 @@ class Attention(nnx.Module):
         D, H, K, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.cfg = cfg
         self.q = Dense(cfg, (D,), (H, d), ("embed",), ("heads", "head_dim"), "hidden", rngs)
-        # k and v share one kernel [D, 2, K, d]: one matmul instead of two.
+        # k and v share one kernel [D, 2, K, d]; at call time q, kv and the gate run as
+        # one matmul (`fused_dense`).
         self.kv = Dense(cfg, (D,), (2, K, d), ("embed",), (None, "kv_heads", "head_dim"), "hidden", rngs)
         if cfg.qk_norm:
             self.q_norm = make_norm(cfg, d, "head_dim")

@@ -77,7 +77,7 @@ def fused_dense(x: jax.Array, layers: list[Dense]) -> list[jax.Array]:
 
     The kernels are concatenated along their outputs ([D, sum of widths]), multiplied
     once, and the result split back: a wider matmul runs closer to peak than several
-    narrow ones (q, kv and the attention gate: ~5% of a training step on CPU). The
+    narrow ones (q, kv and the attention gate: ~4% of a training step on CPU). The
     parameters keep their own shapes and logical axes.
     """
     n = x.shape[0]
