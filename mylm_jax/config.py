@@ -150,15 +150,22 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clip; 0 disables
+    # Learning-rate schedule over train.steps (see mylm_jax/optim/schedules.py).
     schedule: Literal["constant", "cosine", "wsd"] = "cosine"
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # the lr a decay ends at, as a fraction of optim.lr
+    decay_fraction: float = 0.2  # wsd: the last fraction of the run decays
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"  # wsd decay curve
 
     def __post_init__(self):
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,11 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self):
+        optim, steps = self.optim, self.train.steps
+        decay = round(optim.decay_fraction * steps) if optim.schedule == "wsd" else 0
+        if optim.warmup_steps + decay > steps:
+            raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} plus the wsd decay ({decay} steps) "
+                              f"exceed train.steps={steps}")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")

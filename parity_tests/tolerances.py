@@ -40,6 +40,10 @@ ZERO_GRAD_ABS = 1e-6  # a gradient that is exactly 0 in exact arithmetic is pure
 #                       so a relative error means nothing: both sides must be below this instead.
 #                       Case: the key-side bias (k_norm.bias) without RoPE; adding b to every key
 #                       adds q.b to every score of a row, which softmax ignores. Measured ~3e-8.
+SCHEDULE_ABS = 2e-7  # lr multiplier in [0, 1]. Loosened from 1e-7 on purpose: JAX computes it inside
+#                      jit in float32, torch in Python float64; a float32 value near 1 is itself
+#                      rounded by up to 6e-8 and float32 cos adds about one more ulp (every
+#                      formulation tried measured 1.0-2.0e-7 against float64). Measured 1.3e-7.
 
 
 @dataclass

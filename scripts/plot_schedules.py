@@ -1,0 +1,63 @@
+"""Draw every learning-rate schedule to one PNG.
+
+    python scripts/plot_schedules.py                       # docs/schedules.png, 1000 steps
+    python scripts/plot_schedules.py --steps 500 --out /tmp/s.png optim.warmup_steps=50
+
+Each curve is `mylm_jax.optim.schedules.lr_schedule` evaluated at every step, with the
+optim section of the defaults (or of --config), varying only the schedule and its shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mylm_jax.config import ConfigError, load_config  # noqa: E402
+
+CURVES = [("constant", "linear"), ("cosine", "linear"),
+          ("wsd", "linear"), ("wsd", "cosine"), ("wsd", "1-sqrt")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--out", default=str(ROOT / "docs/schedules.png"))
+    args = parser.parse_args()
+    try:
+        cfg = load_config(args.config, [f"train.steps={args.steps}", *args.overrides])
+    except ConfigError as e:
+        sys.exit(f"plot_schedules: error: {e}")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mylm_jax.optim.schedules import lr_schedule
+
+    steps = np.arange(args.steps)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for schedule, shape in CURVES:
+        optim = dataclasses.replace(cfg.optim, schedule=schedule, decay_shape=shape)
+        label = schedule if schedule != "wsd" else f"wsd ({shape} decay)"
+        ax.plot(steps, np.asarray(lr_schedule(optim, args.steps)(steps)), label=label)
+    o = cfg.optim
+    ax.set(xlabel="step", ylabel="learning rate",
+           title=f"lr={o.lr:g}, warmup={o.warmup_steps}, min_lr_ratio={o.min_lr_ratio:g}, "
+                 f"wsd decay_fraction={o.decay_fraction:g}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
