@@ -45,6 +45,13 @@ SCHEDULE_ABS = 2e-7  # lr multiplier in [0, 1]. Loosened from 1e-7 on purpose: J
 #                      rounded by up to 6e-8 and float32 cos adds about one more ulp (every
 #                      formulation tried measured 1.0-2.0e-7 against float64). Measured 1.3e-7.
 
+# Optimizers: parameters after 20 optimizer steps, lr 0.02 (a total change of ~0.4).
+MUON_ABS = 1e-6  # JAX Muon vs the twin's Muon, float32 Newton-Schulz
+MUON_BF16_ABS = 2e-3  # JAX bfloat16 Newton-Schulz vs torch.optim.Muon (always bfloat16). Loose on
+#                       purpose: the two round bfloat16 matmul results in different places (bf16 has
+#                       8 mantissa bits, 4e-3 relative); measured 8e-4. The twin in bf16 equals
+#                       torch.optim.Muon bit for bit, so the exact check is made there.
+
 
 @dataclass
 class Report:
