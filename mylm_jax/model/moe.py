@@ -129,15 +129,15 @@ class MoE(nnx.Module):
         top_w_Nk, top_idx_Nk = jax.lax.top_k(probs_NE, k)
         if cfg.router_renormalize:
             top_w_Nk = top_w_Nk / top_w_Nk.sum(-1, keepdims=True)
-        chosen_NE = jax.nn.one_hot(top_idx_Nk, E, dtype=jnp.float32).sum(1)  # 0/1 per expert
+        one_hot_NkE = jax.nn.one_hot(top_idx_Nk, E, dtype=jnp.float32)
+        chosen_NE = one_hot_NkE.sum(1)  # 0/1 per expert
 
         if cfg.moe_impl == "ragged":
             y_ND = self._experts_ragged(x_ND, top_idx_Nk, top_w_Nk)
         elif cfg.moe_impl == "blocked":
             y_ND = self._experts_blocked(x_ND, top_idx_Nk, top_w_Nk)
         else:
-            weights_NE = jnp.einsum("nk,nke->ne", top_w_Nk, jax.nn.one_hot(top_idx_Nk, E, dtype=jnp.float32))
-            y_ND = self._experts_dense(x_ND, weights_NE)
+            y_ND = self._experts_dense(x_ND, jnp.einsum("nk,nke->ne", top_w_Nk, one_hot_NkE))
         if cfg.n_shared_experts:
             y_ND = y_ND + self.shared(x_ND)
 
