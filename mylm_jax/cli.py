@@ -5,6 +5,9 @@
     mylm params --config configs/moe_tiny.yaml [section.key=value ...]
         build the model abstractly (no memory for weights) and print every parameter's
         path, shape, logical axes and size, the totals and the training FLOPs per token
+    mylm optim --config configs/moe_tiny.yaml optim.name=muon
+        print the optimizer grouping: each parameter's kind, optimizer (AdamW or Muon),
+        Muon's matrix view, lr multiplier, peak lr and weight decay
 
 A user mistake (bad key, bad value, missing file) prints one line and exits with 2.
 """
@@ -54,9 +57,27 @@ def cmd_params(cfg: Config, args) -> None:
     print(f"training FLOPs / token  {flops_per_token(cfg.model, T):,.0f}  (T={T})")
 
 
+def cmd_optim(cfg: Config, args) -> None:
+    from flax import nnx
+
+    from mylm_jax.model.gpt import GPT
+    from mylm_jax.optim.build import param_assignments
+    from mylm_jax.optim.grouping import format_assignments
+
+    model = nnx.eval_shape(lambda: GPT(cfg.model, nnx.Rngs(0)))
+    assignments = param_assignments(model, cfg.optim)
+    print(format_assignments(assignments, cfg.optim))
+    counts = {}
+    for a in assignments.values():
+        counts[a.optimizer] = counts.get(a.optimizer, 0) + math.prod(a.shape)
+    total = sum(counts.values())
+    print("\n" + "   ".join(f"{opt}: {n:,} parameters ({100 * n / total:.1f}%)" for opt, n in counts.items()))
+
+
 COMMANDS = {
     "config": (cmd_config, "print the resolved config as YAML"),
     "params": (cmd_params, "list the model's parameters, sizes, logical axes and FLOPs per token"),
+    "optim": (cmd_optim, "show which optimizer, lr multiplier and weight decay each parameter gets"),
 }
 
 

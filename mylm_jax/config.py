@@ -42,6 +42,8 @@ AttnImpl = Literal["auto", "reference", "dot_product", "blockwise"]
 MoeImpl = Literal["dense", "ragged", "blocked"]
 Init = Literal["normal", "gpt2_scaled", "xavier", "kaiming", "zero_out"]
 DType = Literal["float32", "bfloat16"]
+# What a parameter is, for the optimizer (mylm_jax/optim/grouping.py decides it).
+ParamKind = Literal["embedding", "head", "norm", "bias", "score", "matrix", "experts"]
 
 
 @dataclass(frozen=True)
@@ -156,16 +158,36 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # the lr a decay ends at, as a fraction of optim.lr
     decay_fraction: float = 0.2  # wsd: the last fraction of the run decays
     decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"  # wsd decay curve
+    # AdamW's weight decay skips these kinds of parameter (see mylm_jax/optim/grouping.py).
+    no_decay: tuple[ParamKind, ...] = ("embedding", "norm", "bias")
+    # Muon (name: muon): hidden matrices and MoE experts use Muon with these settings,
+    # everything else AdamW with the settings above. Both follow the same lr schedule.
+    muon_lr: float = 0.02
+    muon_weight_decay: float = 0.0
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5
+    muon_ns_dtype: DType = "float32"  # bfloat16: as torch.optim.Muon (faster on accelerators)
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "original"
+    # Momentum warmup (modded-nanogpt): linear from muon_momentum_start to muon_momentum
+    # over the first muon_momentum_warmup_steps steps; 0 disables.
+    muon_momentum_warmup_steps: int = 0
+    muon_momentum_start: float = 0.85
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if self.lr <= 0 or self.muon_lr <= 0:
+            raise ConfigError(f"optim.lr and optim.muon_lr must be positive, got {self.lr}, {self.muon_lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.decay_fraction <= 1:
             raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {self.decay_fraction}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.muon_momentum_warmup_steps < 0 or self.muon_ns_steps < 0:
+            raise ConfigError("optim.muon_momentum_warmup_steps and optim.muon_ns_steps must be >= 0")
+        for name in ("beta1", "beta2", "muon_momentum", "muon_momentum_start"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

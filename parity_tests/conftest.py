@@ -13,9 +13,13 @@ import pytest
 import torch
 from flax import nnx
 
+import torch.nn.functional as F
+
 from mylm_jax.config import ModelConfig
 from mylm_jax.model.params import flat_params
+from mylm_jax.train.loss import cross_entropy
 from mylm_torch.convert import jax_to_torch
+from tests.variants import variant as variant_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,3 +64,34 @@ def packed_batch(B: int, T: int, seed: int = 0):
             positions[b, start:end] = np.arange(end - start)
         positions[b, T - n_pad:] = np.arange(n_pad)
     return segment_ids, positions
+
+
+# MoE variants weight the aux losses heavily so that their gradients are a visible part
+# of the router's gradient (the trainer's defaults, 0.01 and 0.001, would hide them).
+MOE_AUX = dict(moe_aux_loss_weight=1.0, moe_z_loss_weight=0.1)
+
+
+def parity_config(name: str, **overrides):
+    """A variant at the parity size (D 64: 4 heads of 16)."""
+    cfg = variant_config(name, d_model=64, **overrides)
+    return variant_config(name, d_model=64, **MOE_AUX, **overrides) if cfg.n_experts else cfg
+
+
+def jax_training_loss(model, cfg, tokens, targets, segment_ids, positions, mask):
+    """Token-mean cross-entropy over valid tokens plus, for MoE, the weighted aux losses."""
+    logits, aux = model(tokens, segment_ids, positions)
+    loss = cross_entropy(logits, targets, mask)  # the project's loss, against F.cross_entropy
+    if aux:
+        loss = loss + cfg.moe_aux_loss_weight * aux["load_balance_loss"] \
+            + cfg.moe_z_loss_weight * aux["router_z_loss"]
+    return loss, (logits, aux)
+
+
+def torch_training_loss(model, cfg, tokens, targets, segment_ids, positions, mask):
+    logits, aux = model(tokens, segment_ids, positions)
+    nll = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), targets.reshape(-1).long(), reduction="none")
+    loss = (nll * mask.reshape(-1)).sum() / mask.sum()
+    if aux:
+        loss = loss + cfg.moe_aux_loss_weight * aux["load_balance_loss"] \
+            + cfg.moe_z_loss_weight * aux["router_z_loss"]
+    return loss, logits, aux

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,23 +22,11 @@ from mylm_jax.model.gpt import GPT as JaxGPT
 from mylm_jax.model.params import flat_arrays, flat_params, load_flat_params, param_shapes
 from mylm_torch.convert import jax_to_torch, param_layout, torch_to_jax
 from mylm_torch.model import GPT as TorchGPT
-from mylm_jax.train.loss import cross_entropy
-from parity_tests.conftest import packed_batch
-from tests.variants import VARIANTS, build_jax, small_config, variant as variant_config
+from parity_tests.conftest import jax_training_loss, packed_batch, parity_config, torch_training_loss
+from tests.variants import VARIANTS, build_jax, small_config
 from parity_tests.tolerances import AUX_REL, GRAD_REL, LOGITS_ABS, LOSS_ABS, ZERO_GRAD_ABS, compare
 
 B, T = 2, 16
-
-# MoE variants weight the aux losses heavily so that their gradients are a visible part
-# of the router's gradient (the trainer's defaults, 0.01 and 0.001, would hide them).
-MOE_AUX = dict(moe_aux_loss_weight=1.0, moe_z_loss_weight=0.1)
-
-
-def parity_config(name: str, **overrides):
-    """A variant at the parity size (D 64: 4 heads of 16)."""
-    cfg = variant_config(name, d_model=64, **overrides)
-    return variant_config(name, d_model=64, **MOE_AUX, **overrides) if cfg.n_experts else cfg
-
 
 def _batch(cfg, packed: bool, seed: int = 0):
     """tokens, targets, segment_ids (or None), positions (or None), loss mask: numpy [B, T]."""
@@ -50,25 +37,6 @@ def _batch(cfg, packed: bool, seed: int = 0):
         return tokens, targets, None, None, np.ones((B, T), np.float32)
     segment_ids, positions = packed_batch(B, T, seed=seed + 1)
     return tokens, targets, segment_ids, positions, (segment_ids != 0).astype(np.float32)
-
-
-def _jax_loss(model, cfg, tokens, targets, segment_ids, positions, mask):
-    logits, aux = model(tokens, segment_ids, positions)
-    loss = cross_entropy(logits, targets, mask)  # the project's loss, against F.cross_entropy
-    if aux:
-        loss = loss + cfg.moe_aux_loss_weight * aux["load_balance_loss"] \
-            + cfg.moe_z_loss_weight * aux["router_z_loss"]
-    return loss, (logits, aux)
-
-
-def _torch_loss(model, cfg, tokens, targets, segment_ids, positions, mask):
-    logits, aux = model(tokens, segment_ids, positions)
-    nll = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), targets.reshape(-1).long(), reduction="none")
-    loss = (nll * mask.reshape(-1)).sum() / mask.sum()
-    if aux:
-        loss = loss + cfg.moe_aux_loss_weight * aux["load_balance_loss"] \
-            + cfg.moe_z_loss_weight * aux["router_z_loss"]
-    return loss, logits, aux
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -93,10 +61,10 @@ def test_logits_loss_and_grads(variant, packed):
     name = f"{name} {'packed' if packed else 'causal'}"
     batch = _batch(cfg, packed)
 
-    (loss_jax, (logits_jax, aux_jax)), grads_jax = nnx.value_and_grad(_jax_loss, has_aux=True)(
+    (loss_jax, (logits_jax, aux_jax)), grads_jax = nnx.value_and_grad(jax_training_loss, has_aux=True)(
         jax_model, cfg, *(_as("jax", x) for x in batch))
     torch_model.zero_grad(set_to_none=True)
-    loss_torch, logits_torch, aux_torch = _torch_loss(torch_model, cfg, *(_as("torch", x) for x in batch))
+    loss_torch, logits_torch, aux_torch = torch_training_loss(torch_model, cfg, *(_as("torch", x) for x in batch))
     loss_torch.backward()
 
     compare(f"{name} logits", logits_torch, logits_jax, abs_tol=LOGITS_ABS, logits=True)

@@ -80,3 +80,21 @@ def test_jax_muon_in_bfloat16_is_close_to_torch_optim_muon():
     ref = run_torch(torch.optim.Muon, weights, grads, matrices, weight_decay=0.1)
     for shape, a, b in zip(matrices, ours, ref):
         compare(f"muon bf16 vs torch.optim.Muon {shape}", a, b, abs_tol=MUON_BF16_ABS)
+
+
+def test_jax_muon_equals_torch_optim_muon_with_float32_newton_schulz(monkeypatch):
+    """torch.optim.Muon's own step (momentum lerp, Nesterov, decay, lr adjustment) with its
+    Newton-Schulz, the one place it fixes bfloat16, swapped for the float32 one."""
+    from torch.optim import _muon
+
+    from mylm_torch.muon import newton_schulz
+
+    monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz",
+                        lambda grad, coefficients, steps, eps: newton_schulz(grad, steps, coefficients, eps))
+    weights, grads = _problem(3)
+    matrices = [s for s in SHAPES if len(s) == 2]
+    for adjust_lr in ("original", "match_rms_adamw"):
+        ours = run_jax(weights, grads, matrices, weight_decay=0.1, adjust_lr=adjust_lr)
+        ref = run_torch(torch.optim.Muon, weights, grads, matrices, weight_decay=0.1, adjust_lr_fn=adjust_lr)
+        for shape, a, b in zip(matrices, ref, ours):
+            compare(f"muon f32 vs torch.optim.Muon {shape} {adjust_lr}", a, b, abs_tol=MUON_ABS)

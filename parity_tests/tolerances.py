@@ -47,6 +47,11 @@ SCHEDULE_ABS = 2e-7  # lr multiplier in [0, 1]. Loosened from 1e-7 on purpose: J
 
 # Optimizers: parameters after 20 optimizer steps, lr 0.02 (a total change of ~0.4).
 MUON_ABS = 1e-6  # JAX Muon vs the twin's Muon, float32 Newton-Schulz
+ADAMW_REL = 1e-6  # JAX AdamW vs torch.optim.AdamW, relative to the largest |weight| (~4 here): torch
+#                   rounds a weight twice per step (decay, then update), JAX once (p + delta), so
+#                   they drift apart by about an ulp of |p| per step. Measured 5.0e-7.
+TRAIN_LOSS_ABS = 1e-4  # per-step loss of a 50-step training run (test_training.py): float32
+#                        rounding differences feed back through every update
 MUON_BF16_ABS = 2e-3  # JAX bfloat16 Newton-Schulz vs torch.optim.Muon (always bfloat16). Loose on
 #                       purpose: the two round bfloat16 matmul results in different places (bf16 has
 #                       8 mantissa bits, 4e-3 relative); measured 8e-4. The twin in bf16 equals

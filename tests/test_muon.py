@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from mylm_jax.optim.muon import lr_ratio, muon, newton_schulz
+from mylm_jax.optim.grouping import lr_ratio
+from mylm_jax.optim.muon import muon, newton_schulz
 
 
 def _gaussian(shape, seed=0):

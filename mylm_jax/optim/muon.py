@@ -18,17 +18,20 @@ nn.Linear weight). `ratio`:
     original         sqrt(max(1, fan_out / fan_in))        (Keller Jordan's Muon)
     match_rms_adamw  0.2 * sqrt(max(fan_in, fan_out))      (Moonlight: update RMS ~ AdamW's)
 Leading axes (stacked MoE experts [E, fan_in, fan_out]) are a batch: each expert's
-matrix is orthogonalised on its own.
+matrix is orthogonalised on its own. A model's kernels that are not plain matrices
+([D, H, d], [D, 2, K, d], ...) are seen as such through the `views` that
+mylm_jax/optim/grouping.py gives them.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from mylm_jax.optim.grouping import MatrixView, lr_ratio, path_name
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 AdjustLr = Literal["original", "match_rms_adamw"]
@@ -54,13 +57,6 @@ def newton_schulz(G: jax.Array, steps: int = 5, coefficients=NS_COEFFICIENTS, ep
     return X.swapaxes(-1, -2) if transposed else X
 
 
-def lr_ratio(shape: tuple[int, ...], adjust_lr: AdjustLr) -> float:
-    fan_in, fan_out = shape[-2], shape[-1]
-    if adjust_lr == "original":
-        return math.sqrt(max(1.0, fan_out / fan_in))
-    return 0.2 * math.sqrt(max(fan_in, fan_out))
-
-
 class MuonState(NamedTuple):
     count: jax.Array
     momentum: optax.Updates
@@ -69,13 +65,17 @@ class MuonState(NamedTuple):
 def muon(learning_rate: float | Callable, momentum: float | Callable = 0.95, nesterov: bool = True,
          weight_decay: float = 0.0, ns_steps: int = 5, ns_coefficients=NS_COEFFICIENTS,
          eps: float = 1e-7, ns_dtype=jnp.float32, adjust_lr: AdjustLr = "original",
+         views: Mapping[str, MatrixView] | None = None, decay: Mapping[str, bool] | None = None,
          ) -> optax.GradientTransformation:
-    """Muon as an optax transformation over a tree of matrices ([..., fan_in, fan_out]).
+    """Muon as an optax transformation over a tree of matrices.
 
+    A leaf is [..., fan_in, fan_out] unless `views` (by dotted parameter name) says how to
+    see it as such; `decay` (by name, default True) switches weight decay off per leaf.
     `learning_rate` and `momentum` may be schedules of the step count. The returned
     update already includes the learning rate and the weight decay (params + update =
     the new params), as torch.optim.Muon's step does.
     """
+    views, decay = views or {}, decay or {}
 
     def init(params):
         return MuonState(count=jnp.zeros([], jnp.int32),
@@ -87,12 +87,16 @@ def muon(learning_rate: float | Callable, momentum: float | Callable = 0.95, nes
         # The same float operations as torch's lerp: B + (1 - mu)(G - B) and B - (1 - mu)(B - G).
         new_buf = jax.tree.map(lambda b, g: b + (1 - mu) * (g - b), state.momentum, grads)
 
-        def one(g, b, p):
+        def one(path, g, b, p):
+            name = path_name(path)
+            view = views.get(name)
             u = b - (1 - mu) * (b - g) if nesterov else b
+            u = view.to_matrix(u) if view else u
             o = newton_schulz(u, ns_steps, ns_coefficients, eps, ns_dtype).astype(jnp.float32)
-            return -lr * weight_decay * p - lr * lr_ratio(p.shape, adjust_lr) * o
+            step = lr * lr_ratio(o.shape, adjust_lr) * (view.from_matrix(o) if view else o)
+            return -lr * weight_decay * p - step if decay.get(name, True) else -step
 
-        updates = jax.tree.map(one, grads, new_buf, params)
+        updates = jax.tree_util.tree_map_with_path(one, grads, new_buf, params)
         return updates, MuonState(count=optax.safe_increment(state.count), momentum=new_buf)
 
     return optax.GradientTransformation(init, update)
