@@ -175,8 +175,9 @@ class OptimConfig:
     muon_momentum_start: float = 0.85
 
     def __post_init__(self):
-        if self.lr <= 0 or self.muon_lr <= 0:
-            raise ConfigError(f"optim.lr and optim.muon_lr must be positive, got {self.lr}, {self.muon_lr}")
+        for name in ("lr", "muon_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"optim.{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.decay_fraction <= 1:
