@@ -9,16 +9,22 @@
         print the optimizer grouping: each parameter's kind, optimizer (AdamW or Muon),
         Muon's matrix view, lr multiplier, peak lr and weight decay
 
-A user mistake (bad key, bad value, missing file) prints one line and exits with 2.
+    mylm data prepare INPUT... --tokenizer TOK --out DIR      (see mylm_jax/data/cli.py)
+
+A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 
 from mylm_jax.config import Config, ConfigError, dump_config, load_config
+from mylm_jax.data.errors import DataError
+
+USER_ERRORS = (ConfigError, DataError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -81,16 +87,24 @@ COMMANDS = {
 }
 
 
+# Command groups with their own arguments: module -> add_parser(subparsers), run(args).
+GROUPS = {"data": "mylm_jax.data.cli"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mylm", description="MyLM: train language models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
+    for module in GROUPS.values():
+        importlib.import_module(module).add_parser(sub)
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        COMMANDS[args.command][0](cfg, args)
-    except ConfigError as e:
+        if args.command in GROUPS:
+            importlib.import_module(GROUPS[args.command]).run(args)
+        else:
+            COMMANDS[args.command][0](load_config(args.config, args.overrides), args)
+    except USER_ERRORS as e:  # a user's mistake: one line, no traceback
         print(f"mylm: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,1 @@
+"""Data: read, clean, tokenize to shards, and load batches (numpy; grain for the loaders)."""
