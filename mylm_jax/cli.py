@@ -8,6 +8,8 @@
     mylm optim --config configs/moe_tiny.yaml optim.name=muon
         print the optimizer grouping: each parameter's kind, optimizer (AdamW or Muon),
         Muon's matrix view, lr multiplier, peak lr and weight decay
+    mylm tokenizer train | encode | decode | export-hf | inspect ...
+        the byte-level BPE tokenizer (see mylm_jax/tokenizer/cli.py)
 
 A user mistake (bad key, bad value, missing file) prints one line and exits with 2.
 """
@@ -19,6 +21,8 @@ import math
 import sys
 
 from mylm_jax.config import Config, ConfigError, dump_config, load_config
+from mylm_jax.tokenizer import TokenizerError
+from mylm_jax.tokenizer import cli as tokenizer_cli
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -86,11 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
+    tokenizer_cli.add_parser(sub)
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        COMMANDS[args.command][0](cfg, args)
-    except ConfigError as e:
+        if args.command == "tokenizer":
+            tokenizer_cli.run(args)
+        else:
+            cfg = load_config(args.config, args.overrides)
+            COMMANDS[args.command][0](cfg, args)
+    except (ConfigError, TokenizerError) as e:
         print(f"mylm: error: {e}", file=sys.stderr)
         return 2
     return 0
