@@ -143,15 +143,13 @@ def _merge_everywhere(words, freqs, where, a: int, b: int, new: int) -> dict[int
     item assignment, `del`), the fastest way in pure Python.
     """
     delta: dict[int, int] = defaultdict(int)
+    consumed = 2 if a == b else 1  # occurrences of `a` one merge uses up
     for wi in where.pop(a << ID_BITS | b):
         word, freq = words[wi], freqs[wi]
         find = word.index
-        i = 0
-        while True:
-            try:
-                i = find(a, i)
-            except ValueError:
-                break
+        i, left = -1, word.count(a)  # counting first avoids a costly ValueError at the end
+        while left > 0:
+            i = find(a, i + 1)
             if i + 1 < len(word) and word[i + 1] == b:
                 if i:
                     prev = word[i - 1]
@@ -167,7 +165,9 @@ def _merge_everywhere(words, freqs, where, a: int, b: int, new: int) -> dict[int
                     where[k].add(wi)
                 word[i] = new
                 del word[i + 1]
-            i += 1
+                left -= consumed
+            else:
+                left -= 1
     return delta
 
 
