@@ -8,8 +8,10 @@
     mylm optim --config configs/moe_tiny.yaml optim.name=muon
         print the optimizer grouping: each parameter's kind, optimizer (AdamW or Muon),
         Muon's matrix view, lr multiplier, peak lr and weight decay
-
-    mylm data prepare INPUT... --tokenizer TOK --out DIR      (see mylm_jax/data/cli.py)
+    mylm tokenizer train | encode | decode | export-hf | inspect ...
+        the byte-level BPE tokenizer (see mylm_jax/tokenizer/cli.py)
+    mylm data prepare INPUT... --tokenizer TOK --out DIR | inspect DIR
+        token shards from raw text (see mylm_jax/data/cli.py)
 
 A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
@@ -23,8 +25,9 @@ import sys
 
 from mylm_jax.config import Config, ConfigError, dump_config, load_config
 from mylm_jax.data.errors import DataError
+from mylm_jax.tokenizer.errors import TokenizerError
 
-USER_ERRORS = (ConfigError, DataError)
+USER_ERRORS = (ConfigError, DataError, TokenizerError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +91,7 @@ COMMANDS = {
 
 
 # Command groups with their own arguments: module -> add_parser(subparsers), run(args).
-GROUPS = {"data": "mylm_jax.data.cli"}
+GROUPS = {"tokenizer": "mylm_jax.tokenizer.cli", "data": "mylm_jax.data.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,139 @@
+"""`mylm tokenizer train | encode | decode | export-hf | inspect`.
+
+    mylm tokenizer train --input a.txt data/ b.parquet --field text --vocab-size 8192 --out tok.json
+    mylm tokenizer encode --tokenizer tok.json [--text "..." | --input f.txt] [--allow-special]
+    mylm tokenizer decode --tokenizer tok.json 15496 11 995
+    mylm tokenizer export-hf --tokenizer tok.json --out tokenizer.json
+    mylm tokenizer inspect --tokenizer tok.json
+
+User mistakes raise TokenizerError; `mylm_jax.cli` prints it as one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from mylm_jax.tokenizer.errors import TokenizerError
+from mylm_jax.tokenizer.patterns import PRESET_PATTERNS
+
+
+def read_training_texts(args, log) -> Iterator[str]:
+    """Texts from any input the data pipeline reads (mylm_jax/data/readers.py): files,
+    directories, globs, URLs; .txt / .json / .jsonl / .parquet; a field or a template.
+    Bad records are skipped and counted in `log` (or stop the run with --on-error fail)."""
+    from mylm_jax.data.readers import TextSelector, read_documents
+
+    selector = TextSelector(args.field, args.template.replace("\\n", "\n") if args.template else None)
+    for doc in read_documents(args.input, selector, log, txt_split=args.txt_split):
+        yield doc.text
+
+
+def cmd_train(args) -> None:
+    from mylm_jax.tokenizer.train import train_tokenizer
+
+    from mylm_jax.data.errors import SkipLog
+
+    log = SkipLog(args.on_error)
+    texts = read_training_texts(args, log)
+    tokenizer = train_tokenizer(texts, args.vocab_size, args.pattern, min_frequency=args.min_frequency,
+                                progress=not args.quiet)
+    tokenizer.save(args.out)
+    print(f"wrote {args.out}: vocab_size {tokenizer.vocab_size}, fingerprint {tokenizer.fingerprint()[:16]}")
+    if log.total:
+        print(f"inputs: {log.summary()}")
+
+
+def _load(args):
+    from mylm_jax.tokenizer.tokenizer import Tokenizer
+
+    return Tokenizer.load(args.tokenizer)
+
+
+def cmd_encode(args) -> None:
+    tokenizer = _load(args)
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise TokenizerError(f"input file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = args.text if args.text is not None else sys.stdin.read()
+    ids = tokenizer.encode(text, allowed_special="all" if args.allow_special else ())
+    print(" ".join(map(str, ids)))
+
+
+def cmd_decode(args) -> None:
+    tokenizer = _load(args)
+    raw = args.ids or sys.stdin.read().split()
+    try:
+        ids = [int(x) for x in raw]
+    except ValueError as e:
+        raise TokenizerError(f"token ids must be integers ({e})") from None
+    print(tokenizer.decode(ids))
+
+
+def cmd_export_hf(args) -> None:
+    tokenizer = _load(args)
+    tokenizer.export_hf(args.out)
+    print(f"wrote {args.out} (Hugging Face tokenizer.json)")
+
+
+def cmd_inspect(args) -> None:
+    tokenizer = _load(args)
+    n_merged = len(tokenizer.token_bytes) - 256
+    print(f"vocab size      {tokenizer.vocab_size} (256 bytes + {n_merged} merged + "
+          f"{len(tokenizer.special_tokens)} special)")
+    print(f"pattern         {tokenizer.pattern_name or 'custom'}: {tokenizer.pattern}")
+    print(f"fingerprint     {tokenizer.fingerprint()}")
+    print("special tokens  " + ", ".join(f"{t}={i}" for t, i in tokenizer.special_tokens.items()))
+    show = lambda i: repr(tokenizer.id_to_bytes(i).decode("utf-8", errors="replace"))  # noqa: E731
+    longest = sorted(range(256, len(tokenizer.token_bytes)), key=lambda i: -len(tokenizer.token_bytes[i]))
+    print("longest tokens  " + "  ".join(f"{i}:{show(i)}" for i in longest[:args.sample]))
+    step = max(1, n_merged // args.sample)
+    print("sample tokens   " + "  ".join(f"{i}:{show(i)}" for i in range(256, len(tokenizer.token_bytes), step)))
+
+
+SUBCOMMANDS = {
+    "train": (cmd_train, "train a BPE tokenizer on text files"),
+    "encode": (cmd_encode, "print the token ids of a text"),
+    "decode": (cmd_decode, "print the text of token ids"),
+    "export-hf": (cmd_export_hf, "write a Hugging Face tokenizer.json"),
+    "inspect": (cmd_inspect, "print vocab size, specials, pattern, fingerprint and sample tokens"),
+}
+
+
+def add_parser(subparsers) -> None:
+    """Add `tokenizer` and its sub-subcommands to the `mylm` parser's subparsers."""
+    parser = subparsers.add_parser("tokenizer", help="train / use / export the BPE tokenizer",
+                                   description="Byte-level BPE tokenizer.")
+    sub = parser.add_subparsers(dest="tokenizer_command", required=True)
+    parsers = {name: sub.add_parser(name, help=text, description=text) for name, (_, text) in SUBCOMMANDS.items()}
+    train = parsers["train"]
+    train.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                       help="files (.txt .json .jsonl .parquet), directories, globs or URLs")
+    train.add_argument("--field", default="text", help="the text field of JSON / JSONL / Parquet records")
+    train.add_argument("--template", help='join fields instead, e.g. "{title}\\n{paragraphs}"')
+    train.add_argument("--txt-split", default="file", help="a .txt file is one text (file), or split by "
+                       "line, blank (paragraphs) or any separator")
+    train.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="bad records: count or stop")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--pattern", default="gpt4", help=f"{', '.join(PRESET_PATTERNS)} or a regex (default gpt4)")
+    train.add_argument("--min-frequency", type=int, default=1)
+    train.add_argument("--out", required=True, help="where to write the tokenizer (JSON)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name in ("encode", "decode", "export-hf", "inspect"):
+        parsers[name].add_argument("--tokenizer", required=True, help="a tokenizer file written by `train`")
+    parsers["encode"].add_argument("--text", help="the text (default: --input or stdin)")
+    parsers["encode"].add_argument("--input", help="a UTF-8 text file to encode")
+    parsers["encode"].add_argument("--allow-special", action="store_true",
+                                   help="recognise special tokens such as <|endoftext|> in the text")
+    parsers["decode"].add_argument("ids", nargs="*", help="token ids (default: read from stdin)")
+    parsers["export-hf"].add_argument("--out", required=True, help="path of the tokenizer.json to write")
+    parsers["inspect"].add_argument("--sample", type=int, default=10, help="how many tokens to show")
+
+
+def run(args: argparse.Namespace) -> None:
+    SUBCOMMANDS[args.tokenizer_command][0](args)
