@@ -12,6 +12,8 @@
         the byte-level BPE tokenizer (see mylm_jax/tokenizer/cli.py)
     mylm data prepare INPUT... --tokenizer TOK --out DIR | inspect DIR
         token shards from raw text (see mylm_jax/data/cli.py)
+    mylm pretrain --config CONFIG [overrides] [--resume] | --continue RUN_DIR [overrides]
+    mylm checkpoint show RUN_DIR | set-config RUN_DIR overrides     (see mylm_jax/train/cli.py)
 
 A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
@@ -90,8 +92,9 @@ COMMANDS = {
 }
 
 
-# Command groups with their own arguments: module -> add_parser(subparsers), run(args).
-GROUPS = {"tokenizer": "mylm_jax.tokenizer.cli", "data": "mylm_jax.data.cli"}
+# Commands with their own arguments: each module's add_parser(subparsers) registers its
+# commands, and run(args) executes any of them.
+MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
-    for module in GROUPS.values():
+    owner = {}
+    for module in MODULES:
+        before = set(sub.choices)
         importlib.import_module(module).add_parser(sub)
+        owner.update({name: module for name in set(sub.choices) - before})
     args = parser.parse_args(argv)
     try:
-        if args.command in GROUPS:
-            importlib.import_module(GROUPS[args.command]).run(args)
+        if args.command in owner:
+            importlib.import_module(owner[args.command]).run(args)
         else:
             COMMANDS[args.command][0](load_config(args.config, args.overrides), args)
     except USER_ERRORS as e:  # a user's mistake: one line, no traceback

@@ -137,10 +137,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_path: str = ""  # token shards (written by the data pipeline)
-    val_path: str = ""
+    path: str = ""  # a prepared dataset: `mylm data prepare ... --out PATH` (splits train, val)
     seq_len: int = 256  # tokens per training row (T); at most model.max_seq_len
-    seed: int = 0
+    seed: int = 0  # the data order (shuffles, windows)
+    loader: Literal["packed", "windows"] = "packed"  # see mylm_jax/data/pretrain.py
+    bos: bool = False  # packed: prepend the tokenizer's BOS to every document
+    align_to_documents: bool = False  # packed: every row starts at a document start
+    workers: int = 0  # grain prefetch processes (0: in the training process)
 
 
 @dataclass(frozen=True)
@@ -196,9 +199,20 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 16  # sequences per optimizer step, over all devices and microbatches
     microbatches: int = 1  # gradient accumulation: batch_size is split into this many
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 200
+    seed: int = 0  # parameter init and sampling
+    log_every: int = 10  # JSONL / TensorBoard metrics every N steps
+    eval_every: int = 200  # val loss, perplexity, bits per byte; 0 disables
+    eval_batches: int = 20
+    sample_every: int = 0  # print a sample every N steps; 0 disables
+    sample_prompt: str = ""  # "" starts from BOS / EOS
+    sample_tokens: int = 64
+    sample_temperature: float = 0.8
+    checkpoint_every: int = 500  # 0: only at the end (and on SIGTERM / SIGINT)
+    keep_checkpoints: int = 3  # the latest N, plus the best by val loss
+    async_checkpoint: bool = True
+    on_nonfinite: Literal["halt", "skip"] = "halt"  # a NaN/inf loss: save and stop, or skip the update
+    loss_ema: float = 0.9  # smoothing of the displayed and logged loss
+    peak_tflops: float = 0.0  # per device, for MFU; 0: from the device table (or not reported)
     out_dir: str = "runs/default"
 
     def __post_init__(self):
@@ -216,9 +230,15 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
     expert: int = 1
+    # Multi-host: jax.distributed.initialize(coordinator, num_processes, process_id).
+    # Empty / 0 / -1: from the environment (SLURM, TPU pods, or MYLM_COORDINATOR,
+    # MYLM_NUM_PROCESSES, MYLM_PROCESS_ID), or a single process.
+    coordinator: str = ""
+    num_processes: int = 0
+    process_id: int = -1
 
     def __post_init__(self):
-        sizes = dataclasses.astuple(self)
+        sizes = (self.data, self.fsdp, self.tensor, self.expert)
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"mesh sizes must be positive with at most one -1, got {sizes}")
 

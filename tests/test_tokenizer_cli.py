@@ -82,8 +82,8 @@ def test_cli_train_inspect_encode_decode_export(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "--input", "missing.txt", "--vocab-size", "300", "--out", "x.json"],
      "mylm: error: input not found: missing.txt"),
-    (["train", "--input", "README.md", "--vocab-size", "300", "--out", "x.json", "--on-error", "fail"],
-     "mylm: error: README.md: unknown extension '.md'"),
+    (["train", "--input", "pyproject.toml", "--vocab-size", "300", "--out", "x.json", "--on-error", "fail"],
+     "mylm: error: pyproject.toml: unknown extension '.toml'"),
     (["inspect", "--tokenizer", "README.md"], "mylm: error: README.md: not valid JSON"),
     (["decode", "--tokenizer", "missing.json", "1"], "mylm: error: tokenizer file not found: missing.json"),
 ])

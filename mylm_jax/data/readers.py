@@ -4,7 +4,7 @@
         doc.text, doc.location          # "data/a.jsonl:17"
 
 Formats:
-    .txt      the whole file is one document (`txt_split="file"`), or one per line
+    .txt .md  the whole file is one document (`txt_split="file"`), or one per line
               ("line"), or paragraphs separated by blank lines ("blank"), or pieces
               separated by any other given string
     .json     an array of records or a single record
@@ -33,7 +33,8 @@ from typing import Any, Iterator
 
 from mylm_jax.data.errors import DataError, SkipLog
 
-EXTENSIONS = (".txt", ".json", ".jsonl", ".parquet")
+TEXT_EXTENSIONS = (".txt", ".md")  # plain text (Markdown is read as text)
+EXTENSIONS = (*TEXT_EXTENSIONS, ".json", ".jsonl", ".parquet")
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
@@ -203,7 +204,7 @@ def read_records(path: str, log: SkipLog, txt_split: str = "file",
     if os.path.getsize(path) == 0:
         log.skip(path, "empty file", "empty file")
         return
-    if ext == ".txt":
+    if ext in TEXT_EXTENSIONS:
         yield from _txt_records(path, txt_split, log)
     elif ext == ".json":
         yield from _json_records(path, log)

@@ -29,6 +29,7 @@ documents never attend to one another.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,6 +102,31 @@ def fast_attention(q_BTHd, k_BSKd, v_BSKd, segment_ids_BT, dtype) -> jax.Array:
     return out.astype(jnp.float32)
 
 
+class KVCache(NamedTuple):
+    """Decoding state: every layer's keys and values [B, S, K, d] for S cache slots, which
+    slots hold real tokens (valid_BS: false for left padding and unwritten slots), and
+    the next slot to write (the same for every row)."""
+
+    keys: tuple  # per layer [B, S, K, d]
+    values: tuple
+    valid_BS: jax.Array
+    index: jax.Array  # int32 scalar
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
+    shape = (batch, slots, cfg.kv_heads, cfg.head_dim)
+    dtype = jnp.dtype(cfg.dtype)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+    return KVCache(zeros, zeros, jnp.zeros((batch, slots), bool), jnp.zeros([], jnp.int32))
+
+
+def cached_attention(q_BTHd, k_BSKd, v_BSKd, valid_BS, index, dtype) -> jax.Array:
+    """Queries written at slots index..index+T-1 attend to every valid slot up to their own."""
+    S, T = k_BSKd.shape[1], q_BTHd.shape[1]
+    causal_TS = jnp.arange(S)[None, :] <= (index + jnp.arange(T))[:, None]
+    return reference_attention(q_BTHd, k_BSKd, v_BSKd, causal_TS[None] & valid_BS[:, None, :], dtype)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         D, H, K, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -118,8 +144,8 @@ class Attention(nnx.Module):
                               "hidden", rngs)
         self.out = Dense(cfg, (H, d), (D,), ("heads", "head_dim"), ("embed",), "output", rngs)
 
-    def __call__(self, x_ND: jax.Array, B: int, T: int, positions_BT: jax.Array,
-                 segment_ids_BT: jax.Array | None) -> jax.Array:
+    def _project(self, x_ND, B: int, T: int, positions_BT):
+        """q [B, T, H, d], k and v [B, T, K, d] (QK-normed, rotated), and the gate's logits."""
         cfg = self.cfg
         H, K, d = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         gated = cfg.attn_gate != "none"
@@ -132,6 +158,31 @@ class Attention(nnx.Module):
         if cfg.position == "rope":
             q_BTHd = rope(q_BTHd, positions_BT, cfg.rope_theta)
             k_BTKd = rope(k_BTKd, positions_BT, cfg.rope_theta)
+        return q_BTHd, k_BTKd, v_BTKd, gate_logits
+
+    def _output(self, y_BTHd, gate_logits) -> jax.Array:
+        """Gate (if any) and output projection of the heads' results -> [N, D]."""
+        cfg = self.cfg
+        B, T, H, d = y_BTHd.shape
+        y_NHd = y_BTHd.reshape(B * T, H, d)
+        if gate_logits:
+            gate = jax.nn.sigmoid(gate_logits[0])  # [N, H] or [N, H, d]
+            y_NHd = y_NHd * (gate[:, :, None] if cfg.attn_gate == "headwise" else gate)
+        return self.out(y_NHd)
+
+    def decode(self, x_ND, B: int, T: int, positions_BT, valid_BT, k_BSKd, v_BSKd, valid_BS, index):
+        """T new tokens against the cache: writes their keys / values at slots index..index+T-1
+        and returns (output [N, D], updated keys, values)."""
+        q_BTHd, k_BTKd, v_BTKd, gate_logits = self._project(x_ND, B, T, positions_BT)
+        k_BSKd = jax.lax.dynamic_update_slice(k_BSKd, k_BTKd.astype(k_BSKd.dtype), (0, index, 0, 0))
+        v_BSKd = jax.lax.dynamic_update_slice(v_BSKd, v_BTKd.astype(v_BSKd.dtype), (0, index, 0, 0))
+        y_BTHd = cached_attention(q_BTHd, k_BSKd, v_BSKd, valid_BS, index, jnp.dtype(self.cfg.dtype))
+        return self._output(y_BTHd, gate_logits), k_BSKd, v_BSKd
+
+    def __call__(self, x_ND: jax.Array, B: int, T: int, positions_BT: jax.Array,
+                 segment_ids_BT: jax.Array | None) -> jax.Array:
+        cfg = self.cfg
+        q_BTHd, k_BTKd, v_BTKd, gate_logits = self._project(x_ND, B, T, positions_BT)
         dtype = jnp.dtype(cfg.dtype)
         impl = cfg.attention_impl
         if impl == "auto":
@@ -143,8 +194,4 @@ class Attention(nnx.Module):
             y_BTHd = blockwise_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype, cfg.attention_block)
         else:
             y_BTHd = fast_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype)
-        y_NHd = y_BTHd.reshape(B * T, H, d)
-        if gated:
-            gate = jax.nn.sigmoid(gate_logits[0])  # [N, H] or [N, H, d]
-            y_NHd = y_NHd * (gate[:, :, None] if cfg.attn_gate == "headwise" else gate)
-        return self.out(y_NHd)
+        return self._output(y_BTHd, gate_logits)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mylm_jax.config import ModelConfig
-from mylm_jax.model.attention import Attention
+from mylm_jax.model.attention import Attention, KVCache
 from mylm_jax.model.init import initializer
 from mylm_jax.model.layers import MLP, make_norm, matmul, param
 from mylm_jax.model.moe import MoE
@@ -36,13 +36,22 @@ class Block(nnx.Module):
 
     def __call__(self, x_ND, B, T, positions_BT, segment_ids_BT):
         x_ND = x_ND + self.attn(self.attn_norm(x_ND), B, T, positions_BT, segment_ids_BT)
+        valid_N = None if segment_ids_BT is None else segment_ids_BT.reshape(-1) != 0
+        return self._feed_forward(x_ND, valid_N)
+
+    def _feed_forward(self, x_ND, valid_N):
         h_ND = self.mlp_norm(x_ND)
         if self.is_moe:
-            valid_N = None if segment_ids_BT is None else segment_ids_BT.reshape(-1) != 0
             y_ND, aux = self.mlp(h_ND, valid_N)
         else:
             y_ND, aux = self.mlp(h_ND), None
         return x_ND + y_ND, aux
+
+    def decode(self, x_ND, B, T, positions_BT, valid_BT, k_BSKd, v_BSKd, valid_BS, index):
+        y_ND, k_BSKd, v_BSKd = self.attn.decode(self.attn_norm(x_ND), B, T, positions_BT, valid_BT,
+                                                k_BSKd, v_BSKd, valid_BS, index)
+        x_ND, _ = self._feed_forward(x_ND + y_ND, valid_BT.reshape(-1))
+        return x_ND, k_BSKd, v_BSKd
 
 
 class GPT(nnx.Module):
@@ -59,20 +68,39 @@ class GPT(nnx.Module):
 
     def __call__(self, tokens_BT: jax.Array, segment_ids_BT: jax.Array | None = None,
                  positions_BT: jax.Array | None = None):
-        cfg = self.cfg
         B, T = tokens_BT.shape
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
-        x_ND = self.embed[...][tokens_BT.reshape(-1)]
-        if cfg.position == "learned":
-            x_ND = x_ND + self.pos_embed[...][positions_BT.reshape(-1)]
-
+        x_ND = self._embed(tokens_BT, positions_BT)
         moe_aux = []
         for block in self.blocks:
             x_ND, aux = block(x_ND, B, T, positions_BT, segment_ids_BT)
             if aux is not None:
                 moe_aux.append(aux)
+        return self._logits(x_ND, B, T), _merge_moe_aux(moe_aux)
 
+    def _embed(self, tokens_BT, positions_BT):
+        x_ND = self.embed[...][tokens_BT.reshape(-1)]
+        if self.cfg.position == "learned":
+            x_ND = x_ND + self.pos_embed[...][positions_BT.reshape(-1)]
+        return x_ND
+
+    def decode(self, tokens_BT, positions_BT, valid_BT, cache: KVCache):
+        """Generation: the logits [B, T, V] of T new tokens given the cached ones, and the
+        updated cache (mylm_jax/generate.py). valid_BT marks real tokens (false: left padding)."""
+        B, T = tokens_BT.shape
+        index = cache.index
+        valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, valid_BT, (0, index))
+        x_ND = self._embed(tokens_BT, positions_BT)
+        keys, values = [], []
+        for block, k_BSKd, v_BSKd in zip(self.blocks, cache.keys, cache.values):
+            x_ND, k_BSKd, v_BSKd = block.decode(x_ND, B, T, positions_BT, valid_BT, k_BSKd, v_BSKd, valid_BS, index)
+            keys.append(k_BSKd)
+            values.append(v_BSKd)
+        return self._logits(x_ND, B, T), KVCache(tuple(keys), tuple(values), valid_BS, index + T)
+
+    def _logits(self, x_ND, B, T):
+        cfg = self.cfg
         h_ND = self.final_norm(x_ND)
         dtype = jnp.dtype(cfg.dtype)
         if cfg.tie_embeddings:
@@ -83,8 +111,7 @@ class GPT(nnx.Module):
             head_DV = jax.lax.optimization_barrier(self.embed[...].T)
         else:
             head_DV = self.lm_head[...]
-        logits_BTV = matmul(h_ND, head_DV, dtype).reshape(B, T, cfg.vocab_size)
-        return logits_BTV, _merge_moe_aux(moe_aux)
+        return matmul(h_ND, head_DV, dtype).reshape(B, T, cfg.vocab_size)
 
 
 def _merge_moe_aux(per_layer: list[dict]) -> dict:

@@ -1,0 +1,96 @@
+"""The training state (model + optimizer), created already sharded over the mesh.
+
+`create_state` never builds the model on one device: it traces the constructor
+abstractly (nnx.eval_shape: shapes and logical axes, no memory), derives every array's
+NamedSharding from mylm_jax/parallel.py's rules, and runs the initialisers inside a jit
+whose out_shardings are those shardings, so each device computes and holds only its
+shards. Optimizer moments get their parameter's sharding (matched by the parameter's
+name at the end of the moment's path, and its shape); scalars are replicated.
+
+The state is kept in NNX's functional form, `graphdef` + a pytree of arrays, which
+jitted steps take and return (and donate); `nnx.merge(graphdef, state)` gives back
+live `(model, optimizer)` objects when needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mylm_jax.config import Config
+from mylm_jax.model.gpt import GPT
+from mylm_jax.model.params import logical_axes, param_shapes
+from mylm_jax.optim.build import build_optimizer, param_assignments
+from mylm_jax.optim.grouping import path_name
+from mylm_jax.parallel import ShardingPlan, plan_params
+
+
+@dataclass
+class TrainState:
+    graphdef: Any
+    state: Any  # nnx State of (model, optimizer): arrays
+    shardings: Any  # same structure: NamedSharding per array
+    plan: ShardingPlan
+    tx: Any
+
+    def models(self):
+        return nnx.merge(self.graphdef, self.state)
+
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.state[1]["step"][...]))
+
+
+def _state_shardings(abstract_state, plan: ShardingPlan, mesh):
+    """A NamedSharding for every leaf: its parameter's spec (name and shape match) or replicated."""
+    shapes = {}
+
+    def spec_for(path, leaf):
+        name = path_name(path)
+        parts = name.split(".")
+        for i in range(len(parts)):  # the longest suffix that is a parameter name of the same shape
+            suffix = ".".join(parts[i:])
+            if suffix in plan.specs and shapes.get(suffix) == tuple(leaf.shape):
+                return NamedSharding(mesh, plan.specs[suffix])
+        return NamedSharding(mesh, P())
+
+    def collect(path, leaf):
+        name = path_name(path)
+        if name.startswith("0."):  # the model half of (model, optimizer)
+            shapes[name[2:]] = tuple(leaf.shape)
+    jax.tree_util.tree_map_with_path(collect, abstract_state)
+    return jax.tree_util.tree_map_with_path(spec_for, abstract_state)
+
+
+def abstract_train_state(cfg: Config, mesh, total_steps: int | None = None):
+    """(graphdef, abstract state, shardings, plan, tx): everything but the arrays."""
+    total_steps = total_steps or cfg.train.steps
+    abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, nnx.Rngs(cfg.train.seed)))
+    plan = plan_params(param_shapes(abstract_model), logical_axes(abstract_model), mesh)
+    tx = build_optimizer(cfg.optim, total_steps, param_assignments(abstract_model, cfg.optim))
+
+    def build():
+        model = GPT(cfg.model, nnx.Rngs(cfg.train.seed))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
+    shardings = _state_shardings(abstract_state, plan, mesh)
+    return graphdef, abstract_state, shardings, plan, tx, build
+
+
+def create_state(cfg: Config, mesh, total_steps: int | None = None) -> TrainState:
+    graphdef, _, shardings, plan, tx, build = abstract_train_state(cfg, mesh, total_steps)
+    init = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)
+    return TrainState(graphdef, init(), shardings, plan, tx)
+
+
+def restore_target(cfg: Config, mesh, total_steps: int | None = None):
+    """(TrainState without arrays, abstract arrays carrying this mesh's shardings) for a restore."""
+    graphdef, abstract_state, shardings, plan, tx, _ = abstract_train_state(cfg, mesh, total_steps)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    return TrainState(graphdef, None, shardings, plan, tx), target

@@ -1,0 +1,82 @@
+"""The train step: gradient accumulation is token-weighted and equals one big batch; the
+non-finite guard leaves the state unchanged; the mesh and batch checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from mylm_jax.config import Config, ConfigError, MeshConfig, TrainConfig, config_from_dict
+from mylm_jax.parallel import make_mesh, mesh_shape, shard_batch
+from mylm_jax.train.state import create_state
+from mylm_jax.train.step import make_train_step
+
+B, T = 4, 16
+
+
+def _config(**train) -> Config:
+    return config_from_dict({
+        "model": dict(vocab_size=64, max_seq_len=T, d_model=32, n_layers=2, n_heads=4, position="rope",
+                      norm="rmsnorm", mlp="swiglu", bias=False),
+        "data": dict(seq_len=T), "optim": dict(lr=1e-2, warmup_steps=0, eps=1.0),
+        "train": dict(steps=10, batch_size=B, **train)})
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((B, T), np.float32)
+    mask[0, 4:] = 0  # rows with very different numbers of valid tokens: a mean of
+    mask[2, 10:] = 0  # microbatch means would weigh them wrongly
+    return {"inputs": rng.integers(0, 64, (B, T), dtype=np.int32),
+            "targets": rng.integers(0, 64, (B, T), dtype=np.int32), "loss_mask": mask,
+            "segment_ids": np.ones((B, T), np.int32), "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1))}
+
+
+def _one_step(cfg, batch):
+    mesh = make_mesh(cfg.mesh)
+    ts = create_state(cfg, mesh)
+    step = make_train_step(cfg, ts.graphdef, ts.shardings)
+    state, metrics = step(ts.state, shard_batch(batch, mesh, cfg.train.microbatches))
+    params = jax.tree.leaves(state[0])
+    return jax.device_get(metrics), [np.asarray(p) for p in params]
+
+
+def test_microbatches_equal_one_batch():
+    """The loss is the sum over all valid tokens / their number, however the batch is split.
+    (optim.eps=1 makes Adam's first step ~ lr * g, smooth in g, so the updated weights compare
+    the gradients; with a tiny eps the step is ~ lr * sign(g), which rounding can flip.)"""
+    batch = _batch()
+    m1, p1 = _one_step(_config(microbatches=1), batch)
+    m4, p4 = _one_step(_config(microbatches=4), batch)
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
+    assert float(m1["tokens"]) == batch["loss_mask"].sum()
+    for a, b in zip(p1, p4):
+        np.testing.assert_allclose(b, a, atol=1e-8)
+
+
+def test_non_finite_update_is_not_applied():
+    cfg = _config()
+    mesh = make_mesh(cfg.mesh)
+    ts = create_state(cfg, mesh)
+    before = [np.asarray(p) for p in jax.tree.leaves(ts.state)]
+    step = make_train_step(cfg, ts.graphdef, ts.shardings)
+    batch = _batch()
+    batch["loss_mask"] = batch["loss_mask"] * np.float32(np.nan)  # a NaN loss
+    state, metrics = step(ts.state, shard_batch(batch, mesh))
+    assert not bool(metrics["finite"])
+    for a, b in zip(before, jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(b), a)
+
+
+def test_mesh_and_batch_checks():
+    assert mesh_shape(MeshConfig(data=-1, tensor=2), 8) == {"data": 4, "fsdp": 1, "tensor": 2, "expert": 1}
+    with pytest.raises(ConfigError, match="multiply to 6, but there are 8 devices"):
+        mesh_shape(MeshConfig(data=3, tensor=2), 8)
+    with pytest.raises(ConfigError, match="not divisible"):
+        mesh_shape(MeshConfig(data=-1, tensor=3), 8)
+    with pytest.raises(ConfigError, match="microbatches"):
+        dataclasses.replace(TrainConfig(), batch_size=6, microbatches=4)
