@@ -35,8 +35,8 @@ boundary can be cut when the two sets are disjoint. A character whose set would 
 (an ASCII letter fits thousands of splits) gets the set of *all* splits instead: cautious,
 so still exact, and it keeps every test a small set intersection.
 
-On the benchmark's 4.3 MB (vocab 8192) 98% of the distinct Han character pairs can be
-cut: the 165k distinct chunks become 29k distinct pieces.
+On the benchmark's 4.3 MB (vocab 8192) 99.5% of the 307k distinct pairs of adjacent Han
+characters can be cut: the 165k distinct chunks become 30k distinct pieces.
 """
 
 from __future__ import annotations
