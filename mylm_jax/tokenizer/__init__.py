@@ -8,8 +8,9 @@
     ids, loss_mask = tok.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
 
 One idea per module: patterns (pre-split regexes, byte table), train (learning merges),
-encode (applying them, cache, worker processes), specials, tokenizer (the class, files),
-chat (template), hf_export, cli. The math is in docs/tokenizer.md.
+encode (applying them, cache, worker processes), pieces (cutting chunks where no merge
+can reach across), specials, tokenizer (the class, files), chat (template), hf_export,
+cli. The math is in docs/tokenizer.md.
 """
 
 from mylm_jax.tokenizer.errors import TokenizerError

@@ -7,10 +7,16 @@ leftmost position. Because a merge's inputs are always learnt before it, this ap
 merges in the order training did and gives the tokens training gave that chunk (and the
 ones HF's BPE model gives).
 
-Speed, in pure Python: `ranks[i]` holds the rank of the pair at positions (i, i+1);
-`min(ranks)` and `ranks.index` find the next merge in C, and after a merge only the two
-pairs around it change, so only those two ranks are looked up again. A cache maps each
-chunk string to its ids: text repeats chunks, so most chunks are looked up, not merged.
+Speed, in pure Python, in three layers:
+1. A cache maps each string already encoded (a chunk, or a piece of one) to its ids: text
+   repeats chunks, so most chunks are looked up, not merged.
+2. A new chunk is first cut at the character boundaries that no token of the vocabulary
+   can span (pieces.py, which also proves that this gives exactly the same ids). A Chinese
+   clause that occurs once becomes its characters (or the few words the vocabulary
+   knows), and those repeat: they come from the cache, and BPE runs on few, short pieces.
+3. BPE itself: `ranks[i]` holds the rank of the pair at positions (i, i+1);
+   `min(ranks)` and `ranks.index` find the next merge in C, and after a merge only the two
+   pairs around it change, so only those two ranks are looked up again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 from array import array
 
 from mylm_jax.tokenizer.errors import TokenizerError
+from mylm_jax.tokenizer.pieces import ChunkCutter
 from mylm_jax.tokenizer.train import ID_BITS
 
 NO_MERGE = 1 << 62  # rank of a pair that is not a merge (larger than any real rank)
@@ -49,12 +56,13 @@ def build_vocab(merges: list[tuple[int, int]]) -> tuple[list[bytes], list[int]]:
 class ChunkEncoder:
     """Chunk (a string without special tokens) -> token ids, by rank-ordered BPE, cached."""
 
-    def __init__(self, merges: list[tuple[int, int]], merge_ids: list[int]):
+    def __init__(self, merges: list[tuple[int, int]], merge_ids: list[int], token_bytes: list[bytes]):
         self.rank_of_pair: dict[int, int] = {}
         for rank, (a, b) in enumerate(merges):
             self.rank_of_pair.setdefault(a << ID_BITS | b, rank)
         self.merge_ids = merge_ids
-        self.cache: dict[str, list[int]] = {}
+        self.cache: dict[str, list[int]] = {}  # chunk or piece -> ids
+        self.cutter = ChunkCutter(token_bytes)
 
     def encode_chunks(self, chunks: list[str], out: list[int]) -> None:
         """Append the ids of every chunk to `out`."""
@@ -62,10 +70,28 @@ class ChunkEncoder:
         for chunk in chunks:
             ids = cache.get(chunk)
             if ids is None:
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                ids = cache[chunk] = self.bpe(list(chunk.encode("utf-8")))
+                ids = self.encode_new(chunk)
             out.extend(ids)
+
+    def encode_new(self, chunk: str) -> list[int]:
+        """Encode a chunk that is not cached (and cache it): cut it where no merge can reach
+        across (pieces.py), take each piece from the cache or run BPE on it, concatenate.
+        Exactly `bpe(chunk's bytes)` (the module docstring of pieces.py says why)."""
+        cache = self.cache
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        pieces = self.cutter.cut(chunk) if len(chunk) > 1 else [chunk]
+        if len(pieces) == 1:
+            ids = self.bpe(list(chunk.encode("utf-8")))
+        else:
+            ids = []
+            for piece in pieces:
+                piece_ids = cache.get(piece)
+                if piece_ids is None:
+                    piece_ids = cache[piece] = self.bpe(list(piece.encode("utf-8")))
+                ids += piece_ids
+        cache[chunk] = ids
+        return ids
 
     def bpe(self, ids: list[int]) -> list[int]:
         """Apply merges to a list of byte ids, lowest rank first, leftmost on ties."""

@@ -53,7 +53,7 @@ class Tokenizer:
         self.special_tokens: dict[str, int] = {name: first_special + i for i, name in enumerate(names)}
         self._decode_table = self.token_bytes + [name.encode("utf-8") for name in names]
         self._split = make_splitter(self.pattern)
-        self._chunks = ChunkEncoder(self.merges, merge_ids)
+        self._chunks = ChunkEncoder(self.merges, merge_ids, self.token_bytes)
         self._special_splitters: dict[frozenset, regex.Pattern] = {}
 
     # --- identity ------------------------------------------------------------------------
