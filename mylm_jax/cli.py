@@ -14,6 +14,8 @@
         token shards from raw text (see mylm_jax/data/cli.py)
     mylm pretrain --config CONFIG [overrides] [--resume] | --continue RUN_DIR [overrides]
     mylm checkpoint show RUN_DIR | set-config RUN_DIR overrides     (see mylm_jax/train/cli.py)
+    mylm sft --config configs/sft_X.yaml [overrides] [--resume]         (see mylm_jax/train/sft.py)
+    mylm generate --checkpoint RUN_DIR --prompt TEXT | chat --checkpoint RUN_DIR  (mylm_jax/chat.py)
 
 A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
@@ -94,7 +96,7 @@ COMMANDS = {
 
 # Commands with their own arguments: each module's add_parser(subparsers) registers its
 # commands, and run(args) executes any of them.
-MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli")
+MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli", "mylm_jax.chat")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,6 +203,7 @@ class TrainConfig:
     log_every: int = 10  # JSONL / TensorBoard metrics every N steps
     eval_every: int = 200  # val loss, perplexity, bits per byte; 0 disables
     eval_batches: int = 20
+    eval_at_start: bool = False  # also evaluate before the first step (e.g. SFT's val loss before)
     sample_every: int = 0  # print a sample every N steps; 0 disables
     sample_prompt: str = ""  # "" starts from BOS / EOS
     sample_tokens: int = 64
@@ -244,12 +245,30 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """`mylm sft`: fine-tune a pretrained run on conversations (mylm_jax/train/sft.py)."""
+
+    data: tuple[str, ...] = ()  # JSON / JSONL files: alpaca, messages or conversations records
+    val_fraction: float = 0.05  # held-out conversations for the SFT val loss (seeded by data.seed)
+    packing: Literal["pack", "pad"] = "pack"
+    init_from: str = ""  # a pretraining run directory: its latest (or init_step) checkpoint's weights
+    init_step: int = -1
+    optimizer: Literal["fresh", "continue"] = "fresh"  # continue: the pretrained run's optimizer state too
+    extend_vocab: bool = False  # add missing chat tokens to the tokenizer and grow the embeddings
+
+    def __post_init__(self):
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"sft.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self):
         optim, steps = self.optim, self.train.steps

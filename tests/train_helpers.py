@@ -15,14 +15,14 @@ TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak
         "First Citizen: You are all resolved rather to die than to famish? All: Resolved. resolved. ")
 
 
-def make_dataset(directory: Path) -> str:
-    """A tokenizer (vocab 300) and ~200 short documents, prepared into token shards."""
+def make_dataset(directory: Path, tokenizer=None) -> str:
+    """A tokenizer (vocab 300, or the one given) and ~200 short documents, prepared into token shards."""
     from mylm_jax.data.prepare import PrepareSettings, prepare
     from mylm_jax.tokenizer import train_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     tok_path = directory / "tokenizer.json"
-    train_tokenizer([TEXT * 5], vocab_size=300, progress=False).save(tok_path)
+    (tokenizer or train_tokenizer([TEXT * 5], vocab_size=300, progress=False)).save(tok_path)
     words = TEXT.split()
     docs = [" ".join(words[i % 20:i % 20 + 5 + i % 17]) for i in range(200)]
     (directory / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")

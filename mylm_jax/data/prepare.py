@@ -168,7 +168,8 @@ def prepare(settings: PrepareSettings, progress: bool = True) -> dict:
     return write_metadata(
         out_dir, writers, settings.split, settings.val_fraction,
         tokenizer={"fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
-                   "path": str(settings.tokenizer), "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id},
+                   "path": str(settings.tokenizer), "eos_id": tokenizer.special_tokens.get("<|endoftext|>"),
+                   "bos_id": tokenizer.special_tokens.get("<|bos|>")},
         eos_appended=settings.eos, sources=sources,
         reader={"records": cleaner.documents_in + log.total, "documents": cleaner.documents_in, **log.report()},
         cleaning=cleaner.report(), text_bytes=text_bytes, seconds=round(elapsed, 2),

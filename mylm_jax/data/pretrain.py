@@ -161,6 +161,10 @@ class EpochLoader:
         self.make_rows, self.cfg = make_rows, cfg
         self.epoch, self._iterator = 0, None
 
+    def rows(self, epoch: int) -> int:
+        """Rows this process gets in an epoch (before batching)."""
+        return len(self.make_rows(epoch)) // self.cfg.process_count
+
     def dataset(self, epoch: int) -> grain.MapDataset:
         c = self.cfg
         rows = grain.MapDataset.source(self.make_rows(epoch))

@@ -22,6 +22,7 @@ pretraining's, with the same exact-resume iterator (mylm_jax/data/pretrain.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,6 +118,12 @@ class SFTExamples:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def subset(self, indices) -> "SFTExamples":
+        """The examples at `indices` (e.g. a train / val split); the reports stay the whole set's."""
+        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        return dataclasses.replace(self, inputs=pick(self.inputs), targets=pick(self.targets),
+                                   loss_mask=pick(self.loss_mask))
 
     def report(self) -> dict:
         # records in = kept + skipped + dropped, always. `records` counts those the readers

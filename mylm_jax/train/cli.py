@@ -5,6 +5,8 @@
     mylm pretrain --continue runs/x [section.key=value ...]
         continue runs/x with its checkpoint's own config, changed by the overrides
         (e.g. train.steps=4000 optim.lr=3e-4); shapes, optimizer and tokenizer must stay
+    mylm sft --config configs/sft_alpaca_zh.yaml [section.key=value ...] [--resume]
+        fine-tune a pretrained run (sft.init_from) on conversations (mylm_jax/train/sft.py)
     mylm checkpoint show runs/x [--step N]
         the steps kept (latest, best), and a checkpoint's config, tokenizer and data
     mylm checkpoint set-config runs/x section.key=value ...
@@ -26,6 +28,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
     p.add_argument("--continue", dest="continue_dir", metavar="RUN_DIR",
                    help="continue RUN_DIR with its checkpoint's config (+ overrides)")
+    f = subparsers.add_parser("sft", help="fine-tune a pretrained run on conversations")
+    f.add_argument("--config", help="YAML config file with an sft section")
+    f.add_argument("overrides", nargs="*", metavar="section.key=value")
+    f.add_argument("--resume", action="store_true", help="continue from the latest SFT checkpoint")
     c = subparsers.add_parser("checkpoint", help="show a run's checkpoints, or change their stored config")
     sub = c.add_subparsers(dest="checkpoint_command", required=True)
     show = sub.add_parser("show", help="steps kept and a checkpoint's config")
@@ -59,6 +65,15 @@ def _quiet_libraries() -> None:
 
 def run(args) -> None:
     _quiet_libraries()
+    if args.command == "sft":
+        from mylm_jax.train.loop import NonFiniteLoss
+        from mylm_jax.train.sft import sft
+        try:
+            sft(load_config(args.config, args.overrides), args.resume)
+        except NonFiniteLoss as e:
+            print(f"mylm: {e}", flush=True)
+            raise SystemExit(3) from None
+        return
     if args.command == "pretrain":
         from mylm_jax.train.loop import NonFiniteLoss, pretrain
 

@@ -74,55 +74,78 @@ def _check_batch(cfg: Config, mesh) -> int:
     return B // P
 
 
-def _tokenizer_info(meta: dict):
-    """The dataset's tokenizer (for samples and bits per byte), if its file is still there."""
-    from mylm_jax.tokenizer import Tokenizer
-    try:
-        tok = Tokenizer.load(meta["tokenizer"]["path"])
-    except (OSError, ValueError):
-        return None, None
-    specials = set(tok.special_tokens.values())
-    byte_len = np.array([0 if i in specials else len(tok.id_to_bytes(i)) for i in range(tok.vocab_size)])
-    return tok, byte_len
+def tokenizer_identity(tokenizer, path: str) -> dict:
+    return {"fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size, "path": path,
+            "bos_id": tokenizer.special_tokens.get("<|bos|>"), "eos_id": tokenizer.special_tokens.get("<|endoftext|>")}
+
+
+class PretrainData:
+    """Token shards written by `mylm data prepare` (data.path): train and val splits."""
+
+    def __init__(self, cfg: Config):
+        if not cfg.data.path:
+            raise ConfigError("data.path is empty: prepare a dataset with `mylm data prepare` and set data.path")
+        self.path, self.meta = cfg.data.path, read_metadata(cfg.data.path)
+        self.has_val = "val" in self.meta["splits"] or self.meta["split"]["mode"] == "tail"
+        self.tokenizer = None
+        from mylm_jax.tokenizer import Tokenizer
+        try:  # for samples and bits per byte; the shards carry its identity either way
+            self.tokenizer = Tokenizer.load(self.meta["tokenizer"]["path"])
+        except (OSError, ValueError):
+            print(f"note: the dataset's tokenizer {self.meta['tokenizer']['path']} is not readable: "
+                  "no samples, no bits per byte", flush=True)
+        self.identity = self.meta["tokenizer"]
+
+    def loader(self, split: str, loader_cfg: LoaderConfig):
+        return pretrain_loader(self.path, split, loader_cfg)
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False):
+    """Pretraining (and SFT, with another `data` and an `init` of the weights)."""
+
+    def __init__(self, cfg: Config, data, resume: bool = False, init=None):
         initialize_distributed(cfg.mesh)
-        self.cfg, self.mesh = cfg, make_mesh(cfg.mesh)
+        self.cfg, self.data, self.mesh = cfg, data, make_mesh(cfg.mesh)
         self.local_batch = _check_batch(cfg, self.mesh)
         self.out_dir = Path(cfg.train.out_dir)
-        self.data_meta = read_metadata(cfg.data.path) if cfg.data.path else None
-        if self.data_meta is None:
-            raise ConfigError("data.path is empty: prepare a dataset with `mylm data prepare` and set data.path")
-        if self.data_meta["tokenizer"]["vocab_size"] > cfg.model.vocab_size:
-            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the dataset's tokenizer "
-                              f"({self.data_meta['tokenizer']['vocab_size']} ids, {cfg.data.path})")
-        self.tokenizer, self.byte_len = _tokenizer_info(self.data_meta)
-        self.loader = pretrain_loader(cfg.data.path, "train", self._loader_config(cfg.data.seed))
-        self.has_val = "val" in self.data_meta["splits"] or self.data_meta["split"]["mode"] == "tail"
+        if data.identity["vocab_size"] > cfg.model.vocab_size:
+            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                              f"{data.identity['vocab_size']} ids")
+        self.tokenizer, self.identity, self.byte_len = data.tokenizer, dict(data.identity), None
+        if self.tokenizer is not None:
+            specials = set(self.tokenizer.special_tokens.values())
+            self.byte_len = np.array([0 if i in specials else len(self.tokenizer.id_to_bytes(i))
+                                      for i in range(self.tokenizer.vocab_size)])
+            # The run keeps its own copy: checkpoints then name a tokenizer that stays with them.
+            path = self.out_dir / "tokenizer.json"
+            if jax.process_index() == 0:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self.tokenizer.save(path)
+            self.identity = tokenizer_identity(self.tokenizer, str(path))
+        self.loader = data.loader("train", self._loader_config(cfg.data.seed))
         self.checkpointer = Checkpointer(self.out_dir, cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
         latest = self.checkpointer.latest_step() if resume else None
         if latest is not None:
             self.ts = self._restore(latest)
         else:
             self.ts = create_state(cfg, self.mesh)
+            if init is not None:
+                init(self.ts)
         self.train_step = make_train_step(cfg, self.ts.graphdef, self.ts.shardings)
         self.eval_step = make_eval_step(self.ts.graphdef)
         self.log = MetricsLog(self.out_dir)
         if jax.process_index() == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(dump_config(cfg))
 
     def _loader_config(self, seed: int, batch: int | None = None) -> LoaderConfig:
         d = self.cfg.data
-        bos = self.data_meta["tokenizer"].get("bos_id") if d.bos else None
+        bos = self.identity.get("bos_id") if d.bos else None
         return LoaderConfig(d.seq_len, batch or self.local_batch, d.loader, seed, bos, d.align_to_documents,
                             jax.process_index(), jax.process_count(), d.workers)
 
     def _restore(self, step: int) -> TrainState:
         meta = self.checkpointer.read_meta(step)
-        check_compatible(meta, self.cfg, self.data_meta)
+        check_compatible(meta, self.cfg, self.identity)
         template, target = restore_target(self.cfg, self.mesh)
         state, data_state, _ = self.checkpointer.restore(step, target)
         self.loader.set_state(data_state)
@@ -132,13 +155,20 @@ class Trainer:
 
     def _meta(self) -> dict:
         return {"config": config_to_dict(self.cfg), "step": self.ts.step, "seed": self.cfg.train.seed,
-                "tokenizer": self.data_meta["tokenizer"], "data_path": self.cfg.data.path}
+                "tokenizer": self.identity, "data_path": self.cfg.data.path}
 
     def save(self, val_loss: float | None = None, wait: bool = False) -> None:
         self.checkpointer.save(self.ts.step, self.ts.state, self.loader.get_state(), self._meta(), val_loss, wait)
 
     def evaluate(self) -> dict:
-        loader = pretrain_loader(self.cfg.data.path, "val", self._loader_config(seed=0))
+        loader = self.data.loader("val", self._loader_config(seed=0))
+        # A small val split may hold fewer rows than a training batch: evaluate in smaller batches.
+        divisor = batch_divisor(self.mesh)
+        batch = min(self.local_batch, loader.rows(0)) // divisor * divisor
+        if batch == 0:
+            return {}
+        if batch < self.local_batch:
+            loader = self.data.loader("val", self._loader_config(seed=0, batch=batch))
         n = min(self.cfg.train.eval_batches, len(loader.dataset(0)))
         loss_sum = count = n_bytes = 0.0
         for _ in range(n):
@@ -147,7 +177,9 @@ class Trainer:
             loss_sum, count = loss_sum + float(s), count + float(c)
             if self.byte_len is not None:
                 n_bytes += float((self.byte_len[batch["targets"]] * batch["loss_mask"]).sum())
-        val = loss_sum / max(count, 1.0)
+        if count == 0:
+            return {}
+        val = loss_sum / count
         out = {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
         if n_bytes:
             # nats per token -> bits per byte: loss / ln 2 bits per token, bytes per token from the text
@@ -213,6 +245,10 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         try:
+            if t.eval_at_start and self.data.has_val and step == 0 and (result := self.evaluate()):
+                self.log.write({"step": 0, **result})
+                if bar is not None:
+                    bar.write("step 0: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
             while step < t.steps and not stop.requested:
                 batch = shard_batch(next(self.loader), self.mesh, t.microbatches)
                 self.ts.state, metrics = self.train_step(self.ts.state, batch)
@@ -220,14 +256,13 @@ class Trainer:
                 if pending is not None:
                     finish(pending)
                 pending = (step, metrics)
-                evaluating = self.has_val and t.eval_every and (step % t.eval_every == 0 or step == t.steps)
+                evaluating = self.data.has_val and t.eval_every and (step % t.eval_every == 0 or step == t.steps)
                 saving = (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps
                 if evaluating or saving or (t.sample_every and step % t.sample_every == 0):
                     finish(pending)
                     pending = None
                     val = None
-                    if evaluating:
-                        result = self.evaluate()
+                    if evaluating and (result := self.evaluate()):
                         val = result["val_loss"]
                         self.log.write({"step": step, **result})
                         if bar is not None:
@@ -258,6 +293,6 @@ class Trainer:
 def pretrain(cfg: Config, resume: bool = False) -> int:
     """Train to cfg.train.steps (or until stopped); returns the last step."""
     try:
-        return Trainer(cfg, resume).run()
+        return Trainer(cfg, PretrainData(cfg), resume).run()
     except DataError as e:
         raise ConfigError(str(e)) from None

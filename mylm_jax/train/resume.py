@@ -33,7 +33,7 @@ def config_changes(old: Config, new: Config) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def check_compatible(meta: dict, cfg: Config, data_meta: dict | None) -> list[str]:
+def check_compatible(meta: dict, cfg: Config, tokenizer: dict | None) -> list[str]:
     """Raise ConfigError on a structural mismatch; return (and print) the other changes."""
     old = config_from_dict(meta["config"])
     step = meta.get("step")
@@ -47,11 +47,11 @@ def check_compatible(meta: dict, cfg: Config, data_meta: dict | None) -> list[st
     if old.optim.name != cfg.optim.name:
         raise ConfigError(f"the checkpoint (step {step}) was trained with optim.name={old.optim.name}; "
                           f"this config says {cfg.optim.name} (their optimizer states differ)")
-    if data_meta is not None and meta.get("tokenizer"):
-        then, now = meta["tokenizer"]["fingerprint"], data_meta["tokenizer"]["fingerprint"]
+    if tokenizer is not None and meta.get("tokenizer"):
+        then, now = meta["tokenizer"]["fingerprint"], tokenizer["fingerprint"]
         if then != now:
             raise ConfigError(f"the checkpoint (step {step}) was trained with tokenizer {then[:12]}...; "
-                              f"data.path={cfg.data.path} uses {now[:12]}... (token ids would change meaning)")
+                              f"this run's data uses {now[:12]}... (token ids would change meaning)")
     changes = config_changes(old, cfg)
     if changes:
         print("continuing with changed settings: " + "; ".join(changes), flush=True)

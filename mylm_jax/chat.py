@@ -1,0 +1,166 @@
+"""`mylm generate` and `mylm chat`: a trained run's checkpoint, the KV-cache generator, a terminal.
+
+    mylm generate --checkpoint runs/x --prompt "ROMEO:" [--max-new-tokens 100 --temperature 0.8
+                  --top-k 50 --top-p 0.95 --repetition-penalty 1.1 --seed 0 --num-samples 2]
+    mylm chat --checkpoint runs/sft [--system "You are helpful."]   (/reset, /exit)
+
+Tokens are printed as they come: each step decodes everything generated so far and prints
+what is new, so a character split over several byte-level tokens appears once complete.
+The chat renders the whole conversation with the tokenizer's chat template, then
+`<|assistant|>`, and generates until `<|end|>`; the oldest turns are dropped when the
+conversation no longer fits the model's context with room for the answer.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mylm_jax.config import ConfigError
+
+
+def add_sampling_args(p) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a pretrain or sft run directory")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_parser(subparsers) -> None:
+    g = subparsers.add_parser("generate", help="continue a prompt with a trained model")
+    add_sampling_args(g)
+    g.add_argument("--prompt", default="", help="the text to continue (default: from BOS)")
+    g.add_argument("--num-samples", type=int, default=1, help="a batch of samples of the same prompt")
+    c = subparsers.add_parser("chat", help="talk to an SFT model (multi-turn, /reset, /exit)")
+    add_sampling_args(c)
+    c.add_argument("--system", default="", help="a system message at the start of every conversation")
+
+
+def load_model(run_dir: str, step: int | None = None):
+    """(model, config, tokenizer) of a run's checkpoint, on one device."""
+    import dataclasses
+
+    from flax import nnx
+
+    from mylm_jax.config import MeshConfig, config_from_dict
+    from mylm_jax.parallel import make_mesh
+    from mylm_jax.tokenizer import Tokenizer
+    from mylm_jax.train.checkpoint import Checkpointer
+    from mylm_jax.train.state import restore_target
+
+    if not (Path(run_dir) / "checkpoints").is_dir():
+        raise ConfigError(f"{run_dir}: no checkpoints/ directory (not a run directory?)")
+    ckpt = Checkpointer(run_dir, read_only=True)
+    step = ckpt.latest_step() if step is None else step
+    if step is None or step not in ckpt.all_steps():
+        raise ConfigError(f"{run_dir}: no checkpoint at step {step} (kept: {ckpt.all_steps()})")
+    meta = ckpt.read_meta(step)
+    cfg = dataclasses.replace(config_from_dict(meta["config"]), mesh=MeshConfig(data=1))
+    template, target = restore_target(cfg, make_mesh(cfg.mesh))
+    state, _, _ = ckpt.restore(step, target)
+    model, _ = nnx.merge(template.graphdef, state)
+    path = Path(run_dir) / "tokenizer.json"
+    tokenizer = Tokenizer.load(path if path.is_file() else meta["tokenizer"]["path"])
+    return model, cfg, tokenizer
+
+
+class Streamer:
+    """Prints the text of row 0's new tokens as they arrive."""
+
+    def __init__(self, tokenizer, out=sys.stdout):
+        self.tokenizer, self.out, self.ids, self.printed = tokenizer, out, [], ""
+
+    def __call__(self, tokens_B, active_B) -> None:
+        if not active_B[0]:
+            return
+        self.ids.append(int(tokens_B[0]))
+        text = self.tokenizer.decode([i for i in self.ids if i not in self.tokenizer.special_tokens.values()])
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            self.out.write(text[len(self.printed):])
+            self.out.flush()
+            self.printed = text
+
+
+def _sampling(args, stop_tokens=()):
+    from mylm_jax.generate import SamplingConfig
+    return SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
+                          tuple(stop_tokens), args.seed)
+
+
+def cmd_generate(args) -> None:
+    from mylm_jax.generate import Generator
+
+    model, cfg, tok = load_model(args.checkpoint, args.step)
+    start = tok.special_tokens.get("<|bos|>", tok.special_tokens.get("<|endoftext|>"))
+    prompt = tok.encode(args.prompt) if args.prompt else [start]
+    generator = Generator(model, _sampling(args, [tok.special_tokens["<|endoftext|>"]]))
+    print(args.prompt, end="", flush=True)
+    outputs = generator([prompt] * args.num_samples, Streamer(tok))
+    print()
+    for i, ids in enumerate(outputs[1:], start=2):
+        print(f"--- sample {i} ---\n{args.prompt}{tok.decode(ids)}")
+
+
+def fit_history(tok, messages: list[dict], room: int) -> tuple[list[int], list[dict]]:
+    """Render the conversation + "<|assistant|>", dropping the oldest turns (never the system
+    message or the last user turn) until it fits in `room` tokens."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    while True:
+        ids, _ = tok.render(system + turns)
+        ids = ids + [tok.special_tokens["<|assistant|>"]]
+        if len(ids) <= room or len(turns) <= 1:
+            return ids[-room:], system + turns
+        turns = turns[2:] if len(turns) > 2 else turns[1:]
+
+
+def cmd_chat(args, lines=None) -> None:
+    from mylm_jax.generate import Generator
+
+    model, cfg, tok = load_model(args.checkpoint, args.step)
+    if not tok.has_chat_tokens:
+        raise ConfigError(f"{args.checkpoint}: the tokenizer has no chat tokens; chat needs an SFT run")
+    generator = Generator(model, _sampling(args, [tok.end_of_turn_id, tok.eos_id]))
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    room = cfg.model.max_seq_len - args.max_new_tokens
+    if room < 8:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation "
+                          f"in a context of {cfg.model.max_seq_len}")
+    print("chat: /reset starts over, /exit quits", flush=True)
+    piped = not sys.stdin.isatty()  # a script feeds the chat: echo its lines into the transcript
+    lines = lines if lines is not None else iter(lambda: input("you> "), None)
+    try:
+        for line in lines:
+            line = line.strip()
+            if piped:
+                print(line, flush=True)
+            if line == "/exit":
+                break
+            if line == "/reset":
+                messages = list(system)
+                print("(conversation reset)", flush=True)
+                continue
+            if not line:
+                continue
+            messages.append({"role": "user", "content": line})
+            prompt, messages = fit_history(tok, messages, room)
+            print("assistant> ", end="", flush=True)
+            streamer = Streamer(tok)
+            answer = generator([prompt], streamer)[0]
+            print(flush=True)
+            text = tok.decode([i for i in answer if i not in (tok.end_of_turn_id, tok.eos_id)])
+            messages.append({"role": "assistant", "content": text})
+    except EOFError:
+        pass
+
+
+def run(args) -> None:
+    from mylm_jax.train.cli import _quiet_libraries
+
+    _quiet_libraries()
+    cmd_generate(args) if args.command == "generate" else cmd_chat(args)

@@ -1,0 +1,108 @@
+"""`mylm sft`, `mylm generate` and `mylm chat` on a tiny pretrained run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from mylm_jax.cli import main
+from mylm_jax.config import config_from_dict
+from mylm_jax.train.loop import pretrain
+from mylm_jax.train.sft import _grow
+from tests.train_helpers import make_dataset, tiny_config
+
+CONVERSATIONS = [
+    {"instruction": "Speak", "input": "", "output": "Speak, speak."},
+    {"messages": [{"role": "user", "content": "Are you resolved?"}, {"role": "assistant", "content": "Resolved."}]},
+    {"conversations": [{"from": "human", "value": "Who speaks?"}, {"from": "gpt", "value": "First Citizen."}]},
+] * 12
+
+
+def _pretrain(data_path, out_dir, steps=4, **model):
+    cfg = config_from_dict(tiny_config(data_path, out_dir, model=model,
+                                       train=dict(steps=steps, eval_every=0, checkpoint_every=0)))
+    pretrain(cfg)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def base_run(data_path, tmp_path_factory):
+    return _pretrain(data_path, tmp_path_factory.mktemp("base"))
+
+
+def _sft_config(tmp_path, base, **sft):
+    (tmp_path / "sft.jsonl").write_text("\n".join(json.dumps(c) for c in CONVERSATIONS) + "\n")
+    cfg = {"sft": dict(data=[str(tmp_path / "sft.jsonl")], init_from=base, val_fraction=0.2, **sft),
+           "data": dict(seq_len=32), "optim": dict(lr=3e-3, warmup_steps=1),
+           "train": dict(steps=4, batch_size=4, eval_every=2, eval_batches=2, eval_at_start=True,
+                         checkpoint_every=2, out_dir=str(tmp_path / "sft"))}
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sft_run(base_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sft")
+    assert main(["sft", "--config", _sft_config(tmp, base_run)]) == 0
+    return tmp / "sft"
+
+
+def test_sft_trains_from_the_pretrained_weights_with_val_before_and_after(sft_run, capsys):
+    records = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    vals = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    assert sorted(vals) == [0, 2, 4] and vals[4] < vals[0]
+    assert (sft_run / "tokenizer.json").is_file() and (sft_run / "checkpoints" / "4").is_dir()
+
+
+def test_generate_and_chat(sft_run, capsys, monkeypatch):
+    assert main(["generate", "--checkpoint", str(sft_run), "--prompt", "First", "--max-new-tokens", "6",
+                 "--temperature", "0", "--num-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("First") and "--- sample 2 ---" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO("Speak\n/reset\nWho speaks?\n/exit\n"))
+    assert main(["chat", "--checkpoint", str(sft_run), "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("assistant> ") == 2 and "(conversation reset)" in out
+
+
+def test_chat_history_is_truncated_to_the_context(sft_run):
+    from mylm_jax.chat import fit_history, load_model
+
+    _, _, tok = load_model(str(sft_run))
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(20):
+        messages += [{"role": "user", "content": f"question {i} " * 3}, {"role": "assistant", "content": "ok"}]
+    messages.append({"role": "user", "content": "last question"})
+    ids, kept = fit_history(tok, messages, room=40)
+    assert len(ids) <= 40 and kept[0]["role"] == "system" and kept[-1]["content"] == "last question"
+    assert len(kept) < len(messages)
+
+
+def test_missing_chat_tokens_error_or_extend_the_vocabulary(tmp_path):
+    from mylm_jax.tokenizer import train_tokenizer
+    from tests.train_helpers import TEXT
+
+    plain = train_tokenizer([TEXT * 5], vocab_size=300, progress=False, special_tokens=["<|endoftext|>"])
+    data = make_dataset(tmp_path / "plain", tokenizer=plain)
+    base = _pretrain(data, tmp_path / "base", steps=2, vocab_size=plain.vocab_size)  # no spare rows
+    assert main(["sft", "--config", _sft_config(tmp_path, base)]) == 2
+    assert main(["sft", "--config", _sft_config(tmp_path, base, extend_vocab=True)]) == 0
+    meta = json.loads((tmp_path / "sft" / "checkpoints" / "4" / "meta" / "metadata").read_text())
+    assert meta["config"]["model"]["vocab_size"] == plain.vocab_size + 4  # the 4 chat tokens, new rows
+
+
+def test_grown_rows_are_the_mean():
+    old = np.arange(12, dtype=np.float32).reshape(4, 3)
+    grown = _grow(old, (6, 3), axis=0)
+    np.testing.assert_array_equal(grown[:4], old)
+    np.testing.assert_array_equal(grown[4:], np.tile(old.mean(0), (2, 1)))
+
+
+def test_bad_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x"]) == 2
+    assert "no checkpoints/ directory" in capsys.readouterr().err
