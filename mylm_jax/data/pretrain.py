@@ -131,20 +131,42 @@ class PackedRows:
                 f"bos={c.bos_id}, aligned={c.align_to_documents}, epoch={self.epoch})")
 
     def __getitem__(self, r: int) -> dict[str, np.ndarray]:
+        """Gather the row's pieces with index arithmetic (no Python loop over tokens).
+
+        Piece j covers pairs [a_j, b_j) of document i_j. With BOS the document is
+        [bos] + d, so pair p reads input d[p - 1] (bos when p = 0) and target d[p];
+        without, input d[p] and target d[p + 1].
+        """
         T, bos = self.cfg.seq_len, self.cfg.bos_id
-        row, filled = empty_row(T), 0
+        row = empty_row(T)
         start = int(self.starts[r])
-        for segment, (i, a, b) in enumerate(pieces(self.ends, start, start + T), start=1):
-            doc = self.shards.document(self.order[i])
-            if bos is not None:
-                doc = np.concatenate([[bos], doc])
-            n = b - a
-            row["inputs"][filled:filled + n] = doc[a:b]
-            row["targets"][filled:filled + n] = doc[a + 1:b + 1]
-            row["loss_mask"][filled:filled + n] = 1.0
-            row["segment_ids"][filled:filled + n] = segment
-            row["positions"][filled:filled + n] = np.arange(n)
-            filled += n
+        parts = pieces(self.ends, start, start + T)
+        if not parts:
+            return row
+        items, a, b = (np.array(x) for x in zip(*parts))
+        docs = self.order[items]
+        n = b - a
+        filled = int(n.sum())
+        offset_in_piece = np.arange(filled) - np.repeat(np.cumsum(n) - n, n)  # 0.. within each piece
+        pair = np.repeat(a, n) + offset_in_piece  # pair index inside its document
+        shard = np.repeat(self.shards.doc_shard[docs], n)
+        base = np.repeat(self.shards.doc_start[docs], n)
+        shift = 0 if bos is None else 1
+        inputs_at, targets_at = base + pair - shift, base + pair + 1 - shift
+        if len(self.shards.tokens) == 1:
+            tokens = self.shards.tokens[0]
+            row["inputs"][:filled] = tokens[np.maximum(inputs_at, 0)]
+            row["targets"][:filled] = tokens[targets_at]
+        else:  # pieces from several shards: gather shard by shard
+            for s in np.unique(shard):
+                m = shard == s
+                row["inputs"][:filled][m] = self.shards.tokens[s][np.maximum(inputs_at[m], 0)]
+                row["targets"][:filled][m] = self.shards.tokens[s][targets_at[m]]
+        if bos is not None:
+            row["inputs"][:filled][pair == 0] = bos
+        row["loss_mask"][:filled] = 1.0
+        row["segment_ids"][:filled] = np.repeat(np.arange(1, len(n) + 1), n)
+        row["positions"][:filled] = offset_in_piece
         return row
 
 
