@@ -14,6 +14,7 @@
         token shards from raw text (see mylm_jax/data/cli.py)
     mylm pretrain --config CONFIG [overrides] [--resume] | --continue RUN_DIR [overrides]
     mylm checkpoint show RUN_DIR | set-config RUN_DIR overrides     (see mylm_jax/train/cli.py)
+    mylm plot RUN_DIR [RUN_DIR ...] [--x tokens]      figures of runs' logs (mylm_jax/studies/plot.py)
 
 A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
@@ -94,7 +95,7 @@ COMMANDS = {
 
 # Commands with their own arguments: each module's add_parser(subparsers) registers its
 # commands, and run(args) executes any of them.
-MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli")
+MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli", "mylm_jax.studies.plot")
 
 
 def main(argv: list[str] | None = None) -> int:
