@@ -7,12 +7,15 @@ comparison's loss difference is small, the search resumes from its SQLite file).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mylm_jax.config import config_from_dict
-from tests.train_helpers import make_dataset, run_mylm, tiny_config
+from tests.train_helpers import ROOT, make_dataset, run_mylm, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +66,62 @@ def test_plot_bad_input_is_one_line(tmp_path):
         result = run_mylm(["plot", str(run_dir)])
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+TINY = ["--d-model", "32", "--layers", "2", "--batch", "2", "--seq-len", "32", "--vocab", "300",
+        "--max-chars", "20000"]
+
+
+def run_script(name: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "scripts" / name), *args, "--cache", str(tmp_path / "cache"),
+           "--out", str(tmp_path / "out")]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+
+
+def test_compare_frameworks(tmp_path):
+    result = run_script("compare_frameworks.py", ["--steps", "4", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(r["jax"]["losses"]) == len(r["torch"]["losses"]) == 4
+    assert r["max_loss_diff"] < 1e-4 and r["final_loss_diff"] <= r["max_loss_diff"]
+    assert r["jax"]["tokens_per_s"] > 0 and r["torch"]["tokens_per_s"] > 0 and r["tokens_per_s_ratio"] > 0
+    assert {"peak_mb", "how"} <= set(r["jax"]["memory"]) and {"peak_mb", "how"} <= set(r["torch"]["memory"])
+    assert_figures([tmp_path / "out" / "frameworks_loss.png"])
+    assert "max |loss_jax - loss_torch|" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_compare_variants(tmp_path):
+    result = run_script("compare_variants.py", ["--variants", "gpt2", "moe", "--optimizers", "muon",
+                                                "--repeat", "gpt2/muon", "--steps", "4", "--eval-every", "2",
+                                                *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [run["name"] for run in r["runs"]] == ["gpt2-muon-seed0", "moe-muon-seed0", "gpt2-muon-seed1"]
+    moe = r["runs"][1]
+    assert moe["active_matmul_params"] < moe["params"] and len(moe["val_loss"]) == 2
+    assert r["seed_noise"] >= 0 and r["best"] in {run["name"] for run in r["runs"]}
+    assert_figures([tmp_path / "out" / "variants_val_loss.png"])
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("compare_frameworks.py", ["--variant", "transformerxl"], "unknown variant 'transformerxl'"),
+    ("compare_variants.py", ["--variants", "gpt2", "rnn"], "unknown variant 'rnn'"),
+    ("init_study.py", ["--schemes", "orthogonal"], "unknown init scheme 'orthogonal'"),
+])
+def test_scripts_bad_input_is_one_line(script, args, message, tmp_path):
+    result = run_script(script, args, tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_init_study(tmp_path):
+    result = run_script("init_study.py", ["--schemes", "gpt2_scaled", "zero_out", "--steps", "3", "--probe-steps",
+                                          "2", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(r["schemes"]) == {"gpt2_scaled", "zero_out"}
+    for s in r["schemes"].values():
+        assert len(s["losses"]) == 3 and len(s["act_rms_step1"]) == len(s["grad_rms_probe"]) == 2
+    zero = r["schemes"]["zero_out"]["act_rms_step1"]
+    assert zero[0] == pytest.approx(zero[1])  # every block starts as the identity
+    assert_figures([tmp_path / "out" / "weight_initialization_comparison.png"])

@@ -84,7 +84,7 @@ def prepare_dataset(inputs: list[str] | None = None, vocab_size: int = 512,
 
 
 def study_config(data_path: str, out_dir: str | Path, model: dict, optim: dict | None = None,
-                 train: dict | None = None, seq_len: int = 64):
+                 train: dict | None = None, seq_len: int = 64, data: dict | None = None):
     """A Config for a short study run: evals as asked, no checkpoints kept beyond the last."""
     from mylm_jax.config import config_from_dict
     from mylm_jax.data.shards import read_metadata
@@ -92,7 +92,7 @@ def study_config(data_path: str, out_dir: str | Path, model: dict, optim: dict |
     vocab = read_metadata(data_path)["tokenizer"]["vocab_size"]
     values = {
         "model": {"vocab_size": -(-vocab // 64) * 64, "max_seq_len": seq_len, **model},
-        "data": {"path": data_path, "seq_len": seq_len, "loader": "packed"},
+        "data": {"path": data_path, "seq_len": seq_len, "loader": "packed", **(data or {})},
         "optim": {"lr": 3e-3, "warmup_steps": 10, "schedule": "cosine", **(optim or {})},
         "train": {"steps": 100, "batch_size": 8, "log_every": 1, "eval_every": 25, "eval_batches": 4,
                   "checkpoint_every": 0, "keep_checkpoints": 1, "async_checkpoint": False,
@@ -152,9 +152,69 @@ def write_results(out_dir: str | Path, results: dict, report: str) -> None:
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def cell(v):
-        if isinstance(v, float):
+        if isinstance(v, (float, np.floating)):
             return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
         return f"{v:,}" if isinstance(v, int) else str(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def variant_model(name: str, d_model: int = 128, n_layers: int = 4, n_heads: int = 4) -> dict:
+    """The model section of a study variant: the families the issue compares.
+
+        gpt2               learned positions, LayerNorm, GELU, biases (the 2019 baseline)
+        modern             RoPE, RMSNorm, SwiGLU, no biases, GQA (2 query heads per kv head)
+        gated_headwise     modern + Qwen's sigmoid gate on each head's output (one scalar per head)
+        gated_elementwise  modern + the gate per output element
+        moe                modern with 4 experts, top-2, each expert half the dense MLP's width:
+                           the active matmul weights per token match the dense modern model's
+    """
+    base = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads)
+    modern = dict(base, position="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+                  n_kv_heads=max(1, n_heads // 2))
+    if name == "gpt2":
+        return dict(base, position="learned", norm="layernorm", mlp="gelu", bias=True)
+    if name == "modern":
+        return modern
+    if name in ("gated_headwise", "gated_elementwise"):
+        return dict(modern, attn_gate=name.removeprefix("gated_"))
+    if name == "moe":
+        dense_ff = -(-(8 * d_model // 3) // 64) * 64
+        return dict(modern, n_experts=4, top_k=2, moe_d_ff=max(16, dense_ff // 2))
+    raise StudyError(f"unknown variant {name!r} (expected one of {', '.join(VARIANTS)})")
+
+
+VARIANTS = ("gpt2", "modern", "gated_headwise", "gated_elementwise", "moe")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (getrusage; kilobytes on Linux)."""
+    import resource
+    scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def draw_batches(cfg, steps: int) -> dict[str, np.ndarray]:
+    """The first `steps` training batches of cfg's dataset from the project's loader, stacked:
+    [steps, B, T] per field, so several trainings can consume exactly the same ones."""
+    from mylm_jax.data.pretrain import LoaderConfig, pretrain_loader
+    loader = pretrain_loader(cfg.data.path, "train",
+                             LoaderConfig(cfg.data.seq_len, cfg.train.batch_size, cfg.data.loader, cfg.data.seed))
+    batches = [next(loader) for _ in range(steps)]
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def add_study_args(p, name: str, d_model: int = 64, layers: int = 2, seq_len: int = 64) -> None:
+    """The arguments every study script shares: model size, batch, data, cache and output."""
+    p.add_argument("--d-model", type=int, default=d_model)
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=seq_len)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--vocab", type=int, default=512, help="BPE vocabulary trained on the corpus")
+    p.add_argument("--data", nargs="+", help="corpus files (default: ../shared/data/tinyshakespeare.txt)")
+    p.add_argument("--max-chars", type=int, help="use only the corpus's first characters (tests)")
+    p.add_argument("--cache", default="runs/studies/cache", help="where prepared datasets are kept")
+    p.add_argument("--out", default=f"runs/studies/{name}")
