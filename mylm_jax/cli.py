@@ -15,6 +15,7 @@
     mylm pretrain --config CONFIG [overrides] [--resume] | --continue RUN_DIR [overrides]
     mylm checkpoint show RUN_DIR | set-config RUN_DIR overrides     (see mylm_jax/train/cli.py)
     mylm plot RUN_DIR [RUN_DIR ...] [--x tokens]      figures of runs' logs (mylm_jax/studies/plot.py)
+    mylm search --config CONFIG --space space.yaml    Optuna search (mylm_jax/studies/search.py)
 
 A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
@@ -95,7 +96,8 @@ COMMANDS = {
 
 # Commands with their own arguments: each module's add_parser(subparsers) registers its
 # commands, and run(args) executes any of them.
-MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli", "mylm_jax.studies.plot")
+MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli", "mylm_jax.studies.plot",
+           "mylm_jax.studies.search")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,3 +125,34 @@ def test_init_study(tmp_path):
     zero = r["schemes"]["zero_out"]["act_rms_step1"]
     assert zero[0] == pytest.approx(zero[1])  # every block starts as the identity
     assert_figures([tmp_path / "out" / "weight_initialization_comparison.png"])
+
+
+def test_search_resumes_and_writes_results(data_path, tmp_path):
+    pytest.importorskip("optuna")
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\noptim.warmup_steps: {low: 0, high: 2, type: int}\n")
+    cfg = tiny_config(data_path, tmp_path / "unused", train=dict(steps=4, eval_every=2))
+    out = tmp_path / "search"
+    args = ["search", "--space", str(space), "--out", str(out)]
+    first = run_mylm([*args, "--trials", "2"], cfg, tmp_path / "cfg.yaml")
+    assert first.returncode == 0, first.stderr
+    second = run_mylm([*args, "--trials", "3"], cfg, tmp_path / "cfg.yaml")  # resumes: one more trial
+    assert second.returncode == 0, second.stderr
+    assert "resuming search: 2 trial(s) already finished" in second.stdout
+    trials = json.loads((out / "search_results.json").read_text())["trials"]
+    assert len(trials) == 3 and all(len(t["intermediate"]) >= 1 for t in trials)
+    best = json.loads((out / "best_params.json").read_text())
+    assert set(best["params"]) == {"optim.lr", "optim.warmup_steps"} and best["value"] > 0
+    assert_figures([out / "optimization_history.png", out / "param_importances.png"])
+
+
+@pytest.mark.parametrize("space, message", [
+    ("optim.lr: {low: 1.0e-2, high: 1.0e-3}", "invalid range, low=0.01 must be < high=0.001"),
+    ("optim.lr: {low: 0.0, high: 1.0, log: true}", "a log range needs low > 0"),
+    ("optim.learning_rate: {low: 0.1, high: 1.0}", "optim.learning_rate"),
+])
+def test_search_bad_space_is_one_line(space, message, tmp_path):
+    pytest.importorskip("optuna")
+    (tmp_path / "space.yaml").write_text(space + "\n")
+    result = run_mylm(["search", "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "s")])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
