@@ -81,7 +81,8 @@ def train_one(args, data_path: str, variant: str, optimizer: str, seed: int) -> 
     wall = time.perf_counter() - start
     records = read_metrics(out)
     val_steps, val = series(records, "val_loss")
-    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r and r["step"] > 5]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    speeds = speeds[1:] or speeds  # the first logged step includes compilation
     return {"name": name, "variant": variant, "optimizer": optimizer, "seed": seed,
             "params": param_count(cfg.model), "active_matmul_params": active_matmul_params(cfg.model),
             "val_steps": val_steps, "val_tokens": val_steps * args.batch * args.seq_len, "val_loss": val,
