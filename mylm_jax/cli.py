@@ -16,6 +16,8 @@
     mylm checkpoint show RUN_DIR | set-config RUN_DIR overrides     (see mylm_jax/train/cli.py)
     mylm sft --config configs/sft_X.yaml [overrides] [--resume]         (see mylm_jax/train/sft.py)
     mylm generate --checkpoint RUN_DIR --prompt TEXT | chat --checkpoint RUN_DIR  (mylm_jax/chat.py)
+    mylm plot RUN_DIR [RUN_DIR ...] [--x tokens]      figures of runs' logs (mylm_jax/studies/plot.py)
+    mylm search --config CONFIG --space space.yaml    Optuna search (mylm_jax/studies/search.py)
 
 A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
@@ -96,7 +98,8 @@ COMMANDS = {
 
 # Commands with their own arguments: each module's add_parser(subparsers) registers its
 # commands, and run(args) executes any of them.
-MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli", "mylm_jax.chat")
+MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli", "mylm_jax.chat",
+           "mylm_jax.studies.plot", "mylm_jax.studies.search")
 
 
 def main(argv: list[str] | None = None) -> int:
