@@ -1,6 +1,6 @@
 """`mylm search --config CONFIG --space space.yaml`: hyperparameter search with Optuna.
 
-    mylm search --config configs/quickstart.yaml --space configs/search_space.yaml \\
+    mylm search --config configs/quickstart.yaml --space configs/search/space.yaml \\
         --trials 20 --out runs/search train.steps=200
 
 Each trial trains the config with the sampled values (pretrain's own loop) and scores the
