@@ -71,8 +71,9 @@ def load_model(run_dir: str, step: int | None = None):
 class Streamer:
     """Prints the text of row 0's new tokens as they arrive."""
 
-    def __init__(self, tokenizer, out=sys.stdout):
-        self.tokenizer, self.out, self.ids, self.printed = tokenizer, out, [], ""
+    def __init__(self, tokenizer, out=None):
+        self.tokenizer, self.ids, self.printed = tokenizer, [], ""
+        self.out = out or sys.stdout  # looked up now, not at import (tests swap sys.stdout)
 
     def __call__(self, tokens_B, active_B) -> None:
         if not active_B[0]:

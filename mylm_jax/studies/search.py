@@ -103,17 +103,19 @@ def suggest(trial, space: dict) -> dict:
 def make_objective(base: dict, space: dict, out: Path):
     import optuna
 
-    from mylm_jax.train.loop import Trainer
+    from mylm_jax.train.loop import PretrainData, Trainer
 
     class TrialTrainer(Trainer):
         """The pretraining loop, reporting each eval to Optuna and stopping when pruned."""
 
         def __init__(self, cfg, trial):
-            super().__init__(cfg)
+            super().__init__(cfg, PretrainData(cfg))
             self.trial, self.last_val = trial, math.inf
 
         def evaluate(self) -> dict:
             result = super().evaluate()
+            if not result:  # a val split too small to evaluate
+                return result
             self.last_val = result["val_loss"]
             self.trial.report(self.last_val, self.ts.step)
             if self.trial.should_prune():
