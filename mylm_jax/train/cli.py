@@ -63,31 +63,28 @@ def _quiet_libraries() -> None:
         logging.set_verbosity(logging.ERROR)
 
 
+def _train(args) -> None:
+    if args.command == "sft":
+        from mylm_jax.train.sft import sft
+        sft(load_config(args.config, args.overrides), args.resume)
+        return
+    from mylm_jax.train.loop import pretrain
+    if args.continue_dir:
+        if args.config:
+            raise ConfigError("--continue takes the config from the checkpoint; drop --config")
+        meta = _checkpointer(args.continue_dir).read_meta()
+        values = apply_overrides(meta["config"], [f"train.out_dir={args.continue_dir}", *args.overrides])
+        pretrain(config_from_dict(values), resume=True)
+    else:
+        pretrain(load_config(args.config, args.overrides), args.resume)
+
+
 def run(args) -> None:
     _quiet_libraries()
-    if args.command == "sft":
+    if args.command in ("sft", "pretrain"):
         from mylm_jax.train.loop import NonFiniteLoss
-        from mylm_jax.train.sft import sft
         try:
-            sft(load_config(args.config, args.overrides), args.resume)
-        except NonFiniteLoss as e:
-            print(f"mylm: {e}", flush=True)
-            raise SystemExit(3) from None
-        return
-    if args.command == "pretrain":
-        from mylm_jax.train.loop import NonFiniteLoss, pretrain
-
-        if args.continue_dir:
-            if args.config:
-                raise ConfigError("--continue takes the config from the checkpoint; drop --config")
-            meta = _checkpointer(args.continue_dir).read_meta()
-            values = apply_overrides(meta["config"], [f"train.out_dir={args.continue_dir}", *args.overrides])
-            cfg = config_from_dict(values)
-            resume = True
-        else:
-            cfg, resume = load_config(args.config, args.overrides), args.resume
-        try:
-            pretrain(cfg, resume)
+            _train(args)
         except NonFiniteLoss as e:  # the run stopped itself, with a checkpoint: one line, exit 3
             print(f"mylm: {e}", flush=True)
             raise SystemExit(3) from None
