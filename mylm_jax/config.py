@@ -1,12 +1,14 @@
 """Experiment configuration: dataclass schemas, YAML loading, dotted overrides, validation.
 
-A config is five sections, each a frozen dataclass:
+A config is seven sections, each a frozen dataclass:
 
     model   what network to build (shared by the JAX model and the PyTorch twin)
     data    where tokens come from and how batches are shaped
     optim   optimizer and learning-rate schedule
+    loss    the weights of the extra loss terms a model reports (MoE's aux losses)
     train   the loop: steps, seed, logging, output
     mesh    how devices are arranged for sharding
+    sft     supervised fine-tuning of a pretrained run
 
 `load_config("configs/x.yaml", ["model.d_model=128"])` reads YAML, applies overrides
 (values parsed as YAML, so `true`, `1e-3`, `[0, 2]` work) and validates every key
@@ -19,6 +21,7 @@ This module imports no jax: the twin, the tokenizer and the scripts use it too.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,8 +84,6 @@ class ModelConfig:
     router_renormalize: bool = True  # renormalise the top-k probabilities to sum to 1
     moe_impl: MoeImpl = "blocked"
     moe_block_rows: int = 128  # rows per block for moe_impl=blocked (128 was fastest on CPU)
-    moe_aux_loss_weight: float = 0.01  # Switch load-balancing loss weight (used by the trainer)
-    moe_z_loss_weight: float = 0.001  # router z-loss weight (used by the trainer)
     init: Init = "gpt2_scaled"
     init_std: float = 0.02
     dtype: DType = "float32"  # compute dtype of matmul inputs; params and accumulation stay float32
@@ -195,6 +196,21 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    """The training objective (mylm_jax/train/loss.py):
+
+        J = (sum of token cross-entropies) / (valid tokens)  +  sum over terms t of  weight_t * term_t
+
+    A model reports its extra terms by name (`aux["losses"]`, see mylm_jax/model/gpt.py);
+    each field here is the weight of the term of the same name. A dense model reports
+    none, and the weights are unused.
+    """
+
+    load_balance: float = 0.01  # MoE: Switch load-balancing loss (mylm_jax/model/moe.py)
+    router_z: float = 0.001  # MoE: router z-loss (ST-MoE)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 16  # sequences per optimizer step, over all devices and microbatches
@@ -266,6 +282,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -339,7 +356,39 @@ def _build(cls: type, values: dict, prefix: str):
     return cls(**kwargs)
 
 
+# Keys that moved: old name -> new name. Old configs and checkpoints still load, with a
+# one-line note (once per key and process).
+RENAMED_KEYS = {
+    "model.moe_aux_loss_weight": "loss.load_balance",
+    "model.moe_z_loss_weight": "loss.router_z",
+}
+_noted: set[str] = set()
+
+
+def _rename_old_keys(values: dict) -> dict:
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = values.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = values.setdefault(new_section, {})
+        if isinstance(target, dict):
+            if new_key in target and target[new_key] != value:
+                raise ConfigError(f"both '{old}' (its old name) and '{new}' are set, to {value!r} and "
+                                  f"{target[new_key]!r}; keep only '{new}'")
+            target[new_key] = value
+        if old not in _noted:
+            _noted.add(old)
+            print(f"mylm: note: '{old}' is now '{new}' (read as such; rename it in your config)",
+                  file=sys.stderr)
+    return values
+
+
 def config_from_dict(values: dict) -> Config:
+    if isinstance(values, dict):
+        values = _rename_old_keys(values)
     return _build(Config, values, "")
 
 

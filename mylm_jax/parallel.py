@@ -15,14 +15,15 @@ Changing the parallelism means changing the mesh sizes (`mesh` config section) o
 table, never the model. XLA's SPMD partitioner inserts the collectives (all-gathers of
 FSDP weights, reduce-scatters of their gradients, the all-reduce after a tensor-parallel
 matmul). An axis is split only when the mesh axis divides it; otherwise it is kept
-whole, and `ShardingPlan.replicated` lists those cases (printed at start-up, never
-silent).
+whole, and `ShardingPlan.replicated` lists those cases: the trainer prints the plan
+(`ShardingPlan.describe`) at start-up, so replication is never silent.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import jax
@@ -96,19 +97,38 @@ def logical_to_spec(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: 
 
 @dataclass
 class ShardingPlan:
+    """Every parameter's PartitionSpec, and the axes kept whole that a rule would have split."""
+
     specs: dict[str, P]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     replicated: list[str] = field(default_factory=list)
 
-    def summary(self) -> str:
-        if not self.replicated:
-            return "every sharded axis divides its mesh axis"
-        return "kept whole (mesh axis does not divide them): " + "; ".join(self.replicated)
+    def describe(self, mesh) -> str:
+        """What is sharded how, what is replicated and why (the trainer prints it at start).
+
+        Layers repeat, so names are grouped with the layer index as `*`."""
+        sizes = " ".join(f"{a}={n}" for a, n in mesh.shape.items())
+        lines = [f"sharding plan on mesh {sizes}:"]
+        groups = dict.fromkeys((re.sub(r"\.\d+\.", ".*.", name), spec) for name, spec in self.specs.items())
+        sharded = [(n, s) for n, s in groups if any(a is not None for a in s)]
+        whole = [n for n, s in groups if all(a is None for a in s)]
+        width = max((len(n) for n, _ in sharded), default=0)
+        lines += [f"  {n:<{width}}  {tuple(self.shapes.get(n.replace('*', '0'), ()))!s:<18} {s}"
+                  for n, s in sharded]
+        if whole:
+            why = ("the mesh axes the rules use all have size 1: plain data parallelism, every device "
+                   "holds a full copy" if not sharded else "their logical axes map to no mesh axis of size > 1")
+            lines.append(f"  replicated on every device ({why}): {', '.join(whole)}")
+        if self.replicated:
+            lines.append("  kept whole although a rule would split them (the mesh axis does not divide them): "
+                         + "; ".join(self.replicated))
+        return "\n".join(lines)
 
 
 def plan_params(shapes: dict[str, tuple[int, ...]], axes: dict[str, tuple], mesh) -> ShardingPlan:
     replicated: list[str] = []
     specs = {name: logical_to_spec(shapes[name], axes[name], mesh, name, replicated) for name in shapes}
-    return ShardingPlan(specs, replicated)
+    return ShardingPlan(specs, dict(shapes), replicated)
 
 
 def batch_spec(ndim: int, leading: int = 0) -> P:

@@ -10,8 +10,9 @@ load converted JAX weights (`mylm_torch.convert`) and check logits and gradients
     logits = norm(x) @ W_head^T          (W_head = embed when tie_embeddings)
 
 `GPT(cfg)(tokens, segment_ids=None, positions=None) -> (logits float32 [B, T, V], aux)`,
-aux as in JAX: {} for a dense model; for MoE the mean over MoE layers of
-`load_balance_loss` and `router_z_loss`, and `expert_load` [n_moe_layers, E].
+aux as in JAX: {"losses": {name: scalar}, "metrics": {name: tensor}}, empty for a dense
+model; for MoE the mean over MoE layers of the losses `load_balance` and `router_z`, and
+the metric `expert_load` stacked [n_moe_layers, E].
 
 Shapes: B batch, T tokens, N = B*T, D model width, H query heads, K kv heads, d head
 dim, V vocab, E experts, k experts per token, F expert hidden width. Activations
@@ -182,9 +183,11 @@ class MoE(nn.Module):
         P_E = (probs_NE * valid_N[:, None]).sum(0) / n_valid  # mean router probability of e
         z_N = torch.logsumexp(logits_NE, dim=-1)
         aux = {
-            "load_balance_loss": E * (f_E * P_E).sum(),  # Switch Transformer
-            "router_z_loss": (z_N.square() * valid_N).sum() / n_valid,  # ST-MoE
-            "expert_load": f_E / k,
+            "losses": {
+                "load_balance": E * (f_E * P_E).sum(),  # Switch Transformer
+                "router_z": (z_N.square() * valid_N).sum() / n_valid,  # ST-MoE
+            },
+            "metrics": {"expert_load": f_E / k},
         }
         return y_ND, aux
 
@@ -255,23 +258,23 @@ class GPT(nn.Module):
             mask_B1TT = None if segment_ids_BT is None else attention_mask(segment_ids_BT)
             valid_N = None if segment_ids_BT is None else segment_ids_BT.reshape(-1) != 0
 
-            moe_aux = []
+            layer_aux = []
             for block in self.blocks:
                 x_ND, aux = block(x_ND, B, T, rope, mask_B1TT, valid_N)
                 if aux is not None:
-                    moe_aux.append(aux)
+                    layer_aux.append(aux)
 
             h_ND = self.final_norm(x_ND)
             head_VD = self.embed.weight if cfg.tie_embeddings else self.lm_head.weight
             logits_BTV = F.linear(h_ND, head_VD).view(B, T, cfg.vocab_size).float()
-        return logits_BTV, _merge_moe_aux(moe_aux)
+        return logits_BTV, merge_aux(layer_aux)
 
 
-def _merge_moe_aux(per_layer: list[dict]) -> dict:
-    if not per_layer:
-        return {}
-    return {
-        "load_balance_loss": torch.stack([a["load_balance_loss"] for a in per_layer]).mean(),
-        "router_z_loss": torch.stack([a["router_z_loss"] for a in per_layer]).mean(),
-        "expert_load": torch.stack([a["expert_load"] for a in per_layer]),
-    }
+def merge_aux(per_layer: list[dict]) -> dict:
+    """Each loss term averaged over the layers that report it, each metric stacked."""
+    merged = {"losses": {}, "metrics": {}}
+    for kind, combine in (("losses", lambda xs: torch.stack(xs).mean()), ("metrics", torch.stack)):
+        names = dict.fromkeys(name for aux in per_layer for name in aux[kind])
+        merged[kind] = {name: combine([aux[kind][name] for aux in per_layer if name in aux[kind]])
+                        for name in names}
+    return merged

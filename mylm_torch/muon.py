@@ -2,8 +2,10 @@
 
 Weights are nn.Linear layout [fan_out, fan_in] (stacked experts [E, fan_out, fan_in]);
 `matrix_shapes` maps a parameter whose weight packs several matrices (fused k|v,
-gate|up) to the [*batch, fan_out, fan_in] view Muon orthogonalises (see
-mylm_torch/optim.py, which takes it from mylm_jax/optim/grouping.py).
+gate|up) to the [*batch, fan_out, fan_in] view Muon orthogonalises, and each matrix's
+lr ratio comes from that view's shape. Both are the twin's own decisions
+(mylm_torch/grouping.py, passed in by mylm_torch/optim.py); parity_tests/test_grouping.py
+checks that they agree with the JAX side's.
 With `ns_dtype=torch.bfloat16` it performs exactly torch.optim.Muon's operations (which
 always iterate in bfloat16); with float32 it is the reference for the JAX Muon's
 float32 parity.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from mylm_jax.optim.grouping import lr_ratio
+from mylm_torch.grouping import lr_ratio
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -66,6 +68,5 @@ class Muon(torch.optim.Optimizer):
                 matrices = update.reshape(self.matrix_shapes.get(p, p.shape))
                 matrices = newton_schulz(matrices, group["ns_steps"], group["ns_coefficients"], group["eps"],
                                          group["ns_dtype"])
-                *_, fan_out, fan_in = matrices.shape
                 p.mul_(1 - lr * group["weight_decay"])
-                p.add_(matrices.reshape(p.shape), alpha=-lr * lr_ratio((fan_in, fan_out), group["adjust_lr"]))
+                p.add_(matrices.reshape(p.shape), alpha=-lr * lr_ratio(matrices.shape, group["adjust_lr"]))

@@ -1,9 +1,10 @@
 """The twin's optimizer: the same groups, clipping, schedules and momentum warmup as
 mylm_jax/optim/build.py, with torch.optim.AdamW and the twin's Muon.
 
-The grouping is not decided twice: `assignments` is mylm_jax/optim/grouping.py's
-decision for every JAX parameter name (jax-free code), mapped to the twin's
-parameters through the converter's layout table.
+The twin decides its groups on its own: mylm_torch/grouping.py looks at the torch model
+(names, shapes, config) and says, for every parameter, AdamW or Muon, decay or not, and
+Muon's matrix view and lr ratio. parity_tests/test_grouping.py checks that these decisions
+agree with the JAX side's (mylm_jax/optim/grouping.py) for every variant.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from mylm_jax.config import OptimConfig
-from mylm_jax.optim.grouping import Assignment
-from mylm_torch.convert import param_layout
+from mylm_torch.grouping import decide_all
 from mylm_torch.muon import Muon
 from mylm_torch.schedules import scheduler
 
@@ -20,21 +20,16 @@ from mylm_torch.schedules import scheduler
 class TwinOptimizer:
     """clip_grad_norm_ -> AdamW and Muon steps -> schedulers; `step()` once per training step."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int,
-                 assignments: dict[str, Assignment]):
-        layout = param_layout(model.cfg)
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int):
         named = dict(model.named_parameters())
-        if set(named) != {layout[n].torch_name for n in assignments}:
-            raise ValueError("the assignments do not cover exactly the twin's parameters")
         self.optim, self.params, self.step_count = optim, list(named.values()), 0
         groups = {(o, d): [] for o in ("adamw", "muon") for d in (True, False)}
-        matrix_shapes = {}
-        for name, a in assignments.items():
-            p = named[layout[name].torch_name]
-            groups[a.optimizer, a.weight_decay].append(p)
-            if a.view:  # JAX [*batch, fan_in, fan_out] -> torch [*batch, fan_out, fan_in]
-                *batch, fan_in, fan_out = a.view.matrix_shape
-                matrix_shapes[p] = (*batch, fan_out, fan_in)
+        matrix_shapes = {}  # Muon: torch [*batch, fan_out, fan_in]
+        for name, decision in decide_all(model, optim).items():
+            p = named[name]
+            groups[decision.optimizer, decision.weight_decay].append(p)
+            if decision.matrix_shape:
+                matrix_shapes[p] = decision.matrix_shape
 
         def param_groups(opt: str, weight_decay: float):
             return [{"params": groups[opt, d], "weight_decay": weight_decay if d else 0.0}

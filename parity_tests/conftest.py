@@ -13,13 +13,12 @@ import pytest
 import torch
 from flax import nnx
 
-import torch.nn.functional as F
-
-from mylm_jax.config import ModelConfig
+from mylm_jax.config import LossConfig, ModelConfig
 from mylm_jax.model.params import flat_params
-from mylm_jax.train.loss import cross_entropy
+from mylm_jax.train.loss import loss_weights, objective
+from mylm_jax.variants import variant as variant_config
 from mylm_torch.convert import jax_to_torch
-from tests.variants import variant as variant_config
+from mylm_torch.loss import objective as torch_objective
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,31 +66,30 @@ def packed_batch(B: int, T: int, seed: int = 0):
 
 
 # MoE variants weight the aux losses heavily so that their gradients are a visible part
-# of the router's gradient (the trainer's defaults, 0.01 and 0.001, would hide them).
-MOE_AUX = dict(moe_aux_loss_weight=1.0, moe_z_loss_weight=0.1)
+# of the router's gradient (the defaults, 0.01 and 0.001, would hide them).
+PARITY_LOSS = LossConfig(load_balance=1.0, router_z=0.1)
 
 
 def parity_config(name: str, **overrides):
     """A variant at the parity size (D 64: 4 heads of 16)."""
-    cfg = variant_config(name, d_model=64, **overrides)
-    return variant_config(name, d_model=64, **MOE_AUX, **overrides) if cfg.n_experts else cfg
+    return variant_config(name, d_model=64, **overrides)
 
 
-def jax_training_loss(model, cfg, tokens, targets, segment_ids, positions, mask):
-    """Token-mean cross-entropy over valid tokens plus, for MoE, the weighted aux losses."""
+def jax_training_loss(model, tokens, targets, segment_ids, positions, mask):
+    """The project's objective (mylm_jax/train/loss.py) on one batch: token-mean cross-entropy
+    over valid tokens plus the model's weighted extra terms."""
+    outputs = model(tokens, segment_ids, positions)
+    value, _ = objective(outputs, {"targets": targets, "loss_mask": mask}, loss_weights(PARITY_LOSS), mask.sum())
+    return value, outputs
+
+
+def torch_training_loss(model, tokens, targets, segment_ids, positions, mask):
+    """The twin's objective (mylm_torch/loss.py), written with F.cross_entropy."""
     logits, aux = model(tokens, segment_ids, positions)
-    loss = cross_entropy(logits, targets, mask)  # the project's loss, against F.cross_entropy
-    if aux:
-        loss = loss + cfg.moe_aux_loss_weight * aux["load_balance_loss"] \
-            + cfg.moe_z_loss_weight * aux["router_z_loss"]
-    return loss, (logits, aux)
+    value, _ = torch_objective(logits, aux, targets, mask, loss_weights(PARITY_LOSS), mask.sum())
+    return value, logits, aux
 
 
-def torch_training_loss(model, cfg, tokens, targets, segment_ids, positions, mask):
-    logits, aux = model(tokens, segment_ids, positions)
-    nll = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), targets.reshape(-1).long(), reduction="none")
-    loss = (nll * mask.reshape(-1)).sum() / mask.sum()
-    if aux:
-        loss = loss + cfg.moe_aux_loss_weight * aux["load_balance_loss"] \
-            + cfg.moe_z_loss_weight * aux["router_z_loss"]
-    return loss, logits, aux
+def flat_aux(aux: dict) -> dict:
+    """{"losses": {...}, "metrics": {...}} -> {"losses.load_balance": ..., "metrics.expert_load": ...}."""
+    return {f"{kind}.{name}": value for kind, terms in aux.items() for name, value in terms.items()}

@@ -19,11 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mylm_jax.model.gpt import GPT as JaxGPT
-from mylm_jax.model.params import flat_arrays, flat_params, load_flat_params, param_shapes
+from mylm_jax.model.params import (build_with_random_params, flat_arrays, flat_params, load_flat_params,
+                                   param_shapes)
+from mylm_jax.variants import VARIANTS, small_config
 from mylm_torch.convert import jax_to_torch, param_layout, torch_to_jax
 from mylm_torch.model import GPT as TorchGPT
-from parity_tests.conftest import jax_training_loss, packed_batch, parity_config, torch_training_loss
-from tests.variants import VARIANTS, build_jax, small_config
+from parity_tests.conftest import flat_aux, jax_training_loss, packed_batch, parity_config, torch_training_loss
 from parity_tests.tolerances import AUX_REL, GRAD_REL, LOGITS_ABS, LOSS_ABS, ZERO_GRAD_ABS, compare
 
 B, T = 2, 16
@@ -43,7 +44,7 @@ def _batch(cfg, packed: bool, seed: int = 0):
 def variant(request):
     """(name, cfg, JAX model with random weights, torch model with the same weights)."""
     cfg = parity_config(request.param)
-    jax_model = build_jax(lambda: JaxGPT(cfg, nnx.Rngs(0)), seed=1)
+    jax_model = build_with_random_params(lambda: JaxGPT(cfg, nnx.Rngs(0)), seed=1)
     torch_model = TorchGPT(cfg)
     torch_model.load_state_dict(jax_to_torch(flat_params(jax_model), cfg), strict=True)
     return request.param, cfg, jax_model, torch_model
@@ -62,14 +63,15 @@ def test_logits_loss_and_grads(variant, packed):
     batch = _batch(cfg, packed)
 
     (loss_jax, (logits_jax, aux_jax)), grads_jax = nnx.value_and_grad(jax_training_loss, has_aux=True)(
-        jax_model, cfg, *(_as("jax", x) for x in batch))
+        jax_model, *(_as("jax", x) for x in batch))
     torch_model.zero_grad(set_to_none=True)
-    loss_torch, logits_torch, aux_torch = torch_training_loss(torch_model, cfg, *(_as("torch", x) for x in batch))
+    loss_torch, logits_torch, aux_torch = torch_training_loss(torch_model, *(_as("torch", x) for x in batch))
     loss_torch.backward()
 
     compare(f"{name} logits", logits_torch, logits_jax, abs_tol=LOGITS_ABS, logits=True)
     compare(f"{name} loss", loss_torch, loss_jax, abs_tol=LOSS_ABS)
-    assert set(aux_torch) == set(aux_jax)
+    aux_torch, aux_jax = flat_aux(aux_torch), flat_aux(aux_jax)
+    assert set(aux_torch) == set(aux_jax) and bool(aux_jax) == (cfg.n_experts > 0)
     for key in aux_jax:
         compare(f"{name} {key}", aux_torch[key], aux_jax[key], rel_tol=AUX_REL)
 
@@ -114,7 +116,7 @@ def test_fresh_torch_model_loads_into_jax(variant):
     name, cfg, _, _ = variant
     torch.manual_seed(0)
     fresh = TorchGPT(cfg)
-    jax_model = build_jax(lambda: JaxGPT(cfg, nnx.Rngs(0)), seed=2)  # weights about to be replaced
+    jax_model = build_with_random_params(lambda: JaxGPT(cfg, nnx.Rngs(0)), seed=2)  # weights about to be replaced
     load_flat_params(jax_model, torch_to_jax(fresh.state_dict(), cfg))
     tokens, _, segment_ids, positions, _ = _batch(cfg, packed=True, seed=3)
     logits_jax, _ = jax_model(*(_as("jax", x) for x in (tokens, segment_ids, positions)))

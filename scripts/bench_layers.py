@@ -41,8 +41,8 @@ def jax_layer_ms(make, call, x, reps):
     import jax.numpy as jnp
     from flax import nnx
 
-    from tests.variants import build_jax
-    layer = build_jax(make, seed=0)
+    from mylm_jax.model.params import build_with_random_params
+    layer = build_with_random_params(make, seed=0)
     graphdef, params = nnx.split(layer)
     probe = jax.random.normal(jax.random.key(1), call(layer, x).shape)
 

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mylm_jax.config import ConfigError  # noqa: E402
-from mylm_jax.studies.common import (  # noqa: E402
-    add_study_args, VARIANTS, StudyError, draw_batches, fail, figure, markdown_table, peak_rss_mb,
-    prepare_dataset, save_figure, study_config, variant_model,
-    write_results)
+from mylm_jax.studies.datasets import draw_batches, prepare_dataset, study_config  # noqa: E402
+from mylm_jax.studies.results import figure, markdown_table, save_figure, write_results  # noqa: E402
+from mylm_jax.studies.script import StudyError, add_study_args, fail, peak_rss_mb  # noqa: E402
+from mylm_jax.variants import STUDY_VARIANTS, variant_model  # noqa: E402
 
 PROG = "compare_frameworks.py"
 
@@ -45,7 +45,7 @@ PROG = "compare_frameworks.py"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--variant", default="modern", help=f"one of {', '.join(VARIANTS)}")
+    p.add_argument("--variant", default="modern", help=f"one of {', '.join(STUDY_VARIANTS)}")
     p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw")
     add_study_args(p, "compare_frameworks", d_model=128, layers=4, seq_len=128)
     p.add_argument("--seed", type=int, default=0)
@@ -72,7 +72,7 @@ def train_jax(cfg, batches, queue) -> None:
     mesh = make_mesh(cfg.mesh)
     ts = create_state(cfg, mesh)
     initial = flat_params(ts.models()[0])  # a copy (numpy) before the first step donates the state
-    step = make_train_step(cfg, ts.graphdef, ts.shardings)
+    step = make_train_step(cfg, ts)
     state, losses, start, rss0 = ts.state, [], 0.0, peak_rss_mb()
     for i in range(len(batches["inputs"])):
         if i == 1:
@@ -91,12 +91,9 @@ def train_jax(cfg, batches, queue) -> None:
 
 def train_torch(cfg, batches, initial, queue) -> None:
     import torch
-    import torch.nn.functional as F
-    from flax import nnx
 
-    from mylm_jax.model.gpt import GPT as JaxGPT
-    from mylm_jax.optim.build import param_assignments
     from mylm_torch.convert import jax_to_torch
+    from mylm_torch.loss import loss_weights, objective
     from mylm_torch.model import GPT as TorchGPT
     from mylm_torch.optim import TwinOptimizer
 
@@ -106,8 +103,7 @@ def train_torch(cfg, batches, initial, queue) -> None:
     model = TorchGPT(m)
     model.load_state_dict(jax_to_torch(initial, m), strict=True)
     model.to(device)
-    abstract = nnx.eval_shape(lambda: JaxGPT(m, nnx.Rngs(0)))
-    optimizer = TwinOptimizer(model, cfg.optim, cfg.train.steps, param_assignments(abstract, cfg.optim))
+    optimizer, weights = TwinOptimizer(model, cfg.optim, cfg.train.steps), loss_weights(cfg.loss)
     data = {k: torch.from_numpy(v).to(device) for k, v in batches.items()}
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -117,16 +113,12 @@ def train_torch(cfg, batches, initial, queue) -> None:
             start = time.perf_counter()
         optimizer.zero_grad()
         logits, aux = model(data["inputs"][i], data["segment_ids"][i], data["positions"][i])
-        mask = data["loss_mask"][i].float()
-        nll = F.cross_entropy(logits.reshape(-1, m.vocab_size), data["targets"][i].reshape(-1).long(),
-                              reduction="none")
-        loss = (nll * mask.reshape(-1)).sum() / mask.sum().clamp(min=1.0)
-        objective = loss
-        if aux:  # the same objective as mylm_jax/train/step.py with one microbatch
-            objective = loss + m.moe_aux_loss_weight * aux["load_balance_loss"] + m.moe_z_loss_weight * aux["router_z_loss"]
-        objective.backward()
+        n_tokens = data["loss_mask"][i].sum().clamp(min=1.0)
+        # the objective of mylm_jax/train/loss.py (one microbatch), in the twin's words
+        value, loss_sum = objective(logits, aux, data["targets"][i], data["loss_mask"][i], weights, n_tokens)
+        value.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append((loss_sum / n_tokens).item())
     elapsed = time.perf_counter() - start
     memory = ({"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "how": "torch.cuda.max_memory_allocated"}
               if device == "cuda" else

@@ -5,7 +5,7 @@
 
 Every run sees the same number of tokens (steps x batch x seq_len) of the same data in
 the same order, trained by `mylm_jax.train.loop.pretrain`; only the model section (see
-mylm_jax/studies/common.py variant_model) and the optimizer change. Reported per run:
+mylm_jax/variants.py variant_model) and the optimizer change. Reported per run:
 total parameters and the matmul weights a token passes through (for MoE, the active
 parameters: 2 of 4 half-width experts ~ one dense MLP), final val loss, median tokens/s
 and wall time (compilation included). One configuration (--repeat) is trained again
@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mylm_jax.config import ConfigError  # noqa: E402
-from mylm_jax.studies.common import (  # noqa: E402
-    add_study_args, VARIANTS, StudyError, fail, figure, markdown_table, prepare_dataset,
-    read_metrics, save_figure, series, study_config, variant_model,
-    write_results)
+from mylm_jax.studies.datasets import prepare_dataset, study_config  # noqa: E402
+from mylm_jax.studies.results import (  # noqa: E402
+    figure, markdown_table, read_metrics, save_figure, series, write_results)
+from mylm_jax.studies.script import StudyError, add_study_args, fail  # noqa: E402
+from mylm_jax.variants import STUDY_VARIANTS, variant_model  # noqa: E402
 
 PROG = "compare_variants.py"
 OPTIM = {"adamw": {"name": "adamw"}, "muon": {"name": "muon", "muon_lr": 0.02}}
@@ -39,7 +40,7 @@ OPTIM = {"adamw": {"name": "adamw"}, "muon": {"name": "muon", "muon_lr": 0.02}}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(STUDY_VARIANTS))
     p.add_argument("--optimizers", nargs="+", default=["adamw", "muon"])
     p.add_argument("--repeat", default="modern/adamw", help="VARIANT/OPTIMIZER trained again with seed 1 ('' none)")
     p.add_argument("--steps", type=int, default=150)

@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mylm_jax.config import ConfigError  # noqa: E402
-from mylm_jax.studies.common import (  # noqa: E402
-    add_study_args, StudyError, draw_batches, fail, figure, markdown_table,
-    prepare_dataset, save_figure, study_config, variant_model, write_results)
+from mylm_jax.studies.datasets import draw_batches, prepare_dataset, study_config  # noqa: E402
+from mylm_jax.studies.results import figure, markdown_table, save_figure, write_results  # noqa: E402
+from mylm_jax.studies.script import StudyError, add_study_args, fail  # noqa: E402
+from mylm_jax.variants import variant_model  # noqa: E402
 
 PROG = "init_study.py"
 SCHEMES = ("normal", "gpt2_scaled", "xavier", "kaiming", "zero_out")
@@ -68,7 +69,7 @@ def train_scheme(cfg, batches) -> dict:
     from mylm_jax.train.loss import cross_entropy_sum
 
     model = GPT(cfg.model, nnx.Rngs(cfg.train.seed))
-    tx = build_optimizer(cfg.optim, cfg.train.steps, param_assignments(model, cfg.optim))
+    tx, _ = build_optimizer(cfg.optim, cfg.train.steps, param_assignments(model, cfg.optim))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     L = cfg.model.n_layers
     rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x)))  # noqa: E731

@@ -48,7 +48,7 @@ def _error(overrides=(), values=None, path=None) -> str:
 
 @pytest.mark.parametrize("overrides, expected", [
     (["model.d_modle=3"], "unknown key 'model.d_modle'; valid keys: vocab_size"),
-    (["modle.d_model=3"], "unknown section 'modle'; valid sections: model, data, optim, train, mesh"),
+    (["modle.d_model=3"], "unknown section 'modle'; valid sections: model, data, optim, loss, train, mesh, sft"),
     (["model.norm=batchnorm"], "model.norm='batchnorm' is not valid; expected one of 'layernorm', 'rmsnorm'"),
     (["model.n_layers=2.5"], "model.n_layers=2.5 is not valid; expected int"),
     (["model.bias=1"], "model.bias=1 is not valid; expected bool"),
@@ -97,3 +97,17 @@ def test_derived_sizes():
     cfg = ModelConfig(n_experts=4, top_k=1, moe_layers=(1,))
     assert [cfg.is_moe_layer(i) for i in range(4)] == [False, True, False, False]
     assert Config().model == ModelConfig()
+
+
+def test_renamed_keys_still_load_with_one_note(capsys, monkeypatch):
+    """The MoE aux-loss weights moved from `model` to the `loss` section: old configs and the
+    configs stored in old checkpoints still load, with a one-line note naming the new key."""
+    monkeypatch.setattr("mylm_jax.config._noted", set())  # the note is once per process
+    old = config_from_dict({"model": {"moe_aux_loss_weight": 0.5, "moe_z_loss_weight": 0.002}})
+    assert old.loss.load_balance == 0.5 and old.loss.router_z == 0.002
+    err = capsys.readouterr().err
+    assert "'model.moe_aux_loss_weight' is now 'loss.load_balance'" in err and len(err.splitlines()) <= 2
+    same = {"model": {"moe_aux_loss_weight": 0.5}, "loss": {"load_balance": 0.5}}
+    assert config_from_dict(same).loss.load_balance == 0.5
+    assert "keep only 'loss.load_balance'" in _error(values={"model": {"moe_aux_loss_weight": 0.5},
+                                                              "loss": {"load_balance": 0.01}})

@@ -36,7 +36,7 @@ def _batches(loader, n):
 
 def _epoch_rows(data_dir, cfg):
     loader = pretrain_loader(data_dir, "train", cfg)
-    rows_per_epoch = len(loader.dataset(0)) * cfg.batch_size
+    rows_per_epoch = len(loader.dataset(0)) * cfg.rows_per_process
     batches = _batches(loader, len(loader.dataset(0)))
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, rows_per_epoch
 
@@ -119,7 +119,7 @@ def test_epochs_reshuffle_and_seeds_repeat(dataset):
 def test_processes_take_disjoint_rows(dataset):
     data_dir, _ = dataset
     cfg = LoaderConfig(T, 2, "packed", seed=2)
-    both, _ = _epoch_rows(data_dir, dataclasses.replace(cfg, batch_size=4))
+    both, _ = _epoch_rows(data_dir, dataclasses.replace(cfg, rows_per_process=4))
     parts = [_epoch_rows(data_dir, dataclasses.replace(cfg, process_index=p, process_count=2))[0] for p in (0, 1)]
     rows = lambda x: {tuple(r) for r in x["inputs"].tolist()}  # noqa: E731
     assert not rows(parts[0]) & rows(parts[1])

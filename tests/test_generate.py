@@ -15,14 +15,15 @@ from mylm_jax.generate import (SamplingConfig, apply_repetition_penalty, generat
 from mylm_jax.model.attention import init_cache
 from mylm_jax.model.gpt import GPT
 from mylm_jax.train.loss import cross_entropy
-from tests.variants import VARIANTS, build_jax, variant
+from mylm_jax.model.params import build_with_random_params
+from mylm_jax.variants import VARIANTS, variant
 
 LOGITS_ABS = 1e-5
 
 
 def _model(name, **overrides):
     cfg = variant(name, **overrides)
-    return cfg, build_jax(lambda: GPT(cfg, nnx.Rngs(0)), seed=2)
+    return cfg, build_with_random_params(lambda: GPT(cfg, nnx.Rngs(0)), seed=2)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

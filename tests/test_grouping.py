@@ -15,7 +15,7 @@ from mylm_jax.config import OptimConfig
 from mylm_jax.model.gpt import GPT
 from mylm_jax.optim.build import build_optimizer, muon_momentum, param_assignments
 from mylm_jax.optim.grouping import MatrixView, assign
-from tests.variants import variant
+from mylm_jax.variants import variant
 
 MUON = OptimConfig(name="muon")
 
@@ -102,7 +102,7 @@ def test_zero_gradients_apply_only_the_configured_decay():
                                 muon_weight_decay=0.25, grad_clip=1.0)
     model = nnx.eval_shape(lambda: GPT(cfg, nnx.Rngs(0)))
     params = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), nnx.state(model, nnx.Param))
-    tx = build_optimizer(optim, 10, param_assignments(model, optim))
+    tx, _ = build_optimizer(optim, 10, param_assignments(model, optim))
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     flat = {".".join(str(k) for k in path): v[...] for path, v in nnx.to_flat_state(updates)}
     for name, x in a.items():

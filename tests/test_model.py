@@ -11,8 +11,9 @@ from flax import nnx
 
 from mylm_jax.model.accounting import active_matmul_params, flops_per_token, param_count
 from mylm_jax.model.gpt import GPT
-from mylm_jax.model.params import count_params, flat_params, load_flat_params, logical_axes
-from tests.variants import VARIANTS, build_jax, variant
+from mylm_jax.model.params import (build_with_random_params, count_params, flat_params, load_flat_params,
+                                   logical_axes)
+from mylm_jax.variants import VARIANTS, variant
 
 LOGICAL_NAMES = {None, "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "expert"}
 
@@ -29,7 +30,7 @@ def test_causality_gradient_of_logit_t_ignores_later_tokens(name):
     read only at position s: its gradient is the gradient w.r.t. input s.
     """
     cfg = variant(name, tie_embeddings=False)
-    model = build_jax(lambda: GPT(cfg, nnx.Rngs(0)), seed=0)
+    model = build_with_random_params(lambda: GPT(cfg, nnx.Rngs(0)), seed=0)
     T = 12
     tokens = jnp.asarray(np.random.default_rng(0).permutation(cfg.vocab_size)[:T][None])
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -50,7 +51,7 @@ def test_causality_gradient_of_logit_t_ignores_later_tokens(name):
 @pytest.mark.parametrize("impl", ["reference", "dot_product", "blockwise"])
 def test_packed_documents_equal_documents_run_alone(name, impl):
     cfg = variant(name, attention_impl=impl, attention_block=3)
-    model = build_jax(lambda: GPT(cfg, nnx.Rngs(0)), seed=1)
+    model = build_with_random_params(lambda: GPT(cfg, nnx.Rngs(0)), seed=1)
     rng = np.random.default_rng(1)
     lengths = [7, 5, 4]
     docs = [rng.integers(0, cfg.vocab_size, n) for n in lengths]
@@ -99,9 +100,10 @@ def test_output_shapes_and_moe_aux():
     cfg = variant("moe_swiglu_shared", n_layers=3, moe_layers=(0, 2))
     logits, aux = GPT(cfg, nnx.Rngs(0))(jnp.zeros((2, 8), jnp.int32))
     assert logits.shape == (2, 8, cfg.vocab_size) and logits.dtype == jnp.float32
-    assert aux["expert_load"].shape == (2, cfg.n_experts)
-    np.testing.assert_allclose(aux["expert_load"].sum(-1), 1.0, rtol=1e-6)
-    assert GPT(variant("gpt2"), nnx.Rngs(0))(jnp.zeros((1, 4), jnp.int32))[1] == {}
+    assert set(aux["losses"]) == {"load_balance", "router_z"}
+    assert aux["metrics"]["expert_load"].shape == (2, cfg.n_experts)  # one row per MoE layer
+    np.testing.assert_allclose(aux["metrics"]["expert_load"].sum(-1), 1.0, rtol=1e-6)
+    assert GPT(variant("gpt2"), nnx.Rngs(0))(jnp.zeros((1, 4), jnp.int32))[1] == {"losses": {}, "metrics": {}}
 
 
 def test_flat_params_round_trip_and_shape_errors():

@@ -9,7 +9,7 @@ from flax import nnx
 from scipy.special import erf
 
 from mylm_jax.model.moe import MoE
-from tests.variants import variant
+from mylm_jax.variants import variant
 
 
 def _moe(top_k=2, renorm=True, impl="dense", mlp="gelu", seed=0, **kw):
@@ -65,13 +65,14 @@ def test_grouped_implementations_match_dense_outputs_aux_and_gradients(impl):
 
     def loss(m, x):
         y, aux = m(x)
-        return (y ** 2).sum() + aux["load_balance_loss"] + aux["router_z_loss"], (y, aux)
+        return (y ** 2).sum() + aux["losses"]["load_balance"] + aux["losses"]["router_z"], (y, aux)
 
     (la, (ya, auxa)), ga = nnx.value_and_grad(loss, has_aux=True)(dense, x)
     (lb, (yb, auxb)), gb = nnx.value_and_grad(loss, has_aux=True)(ragged, x)
     np.testing.assert_allclose(ya, yb, atol=1e-5)
-    for key in auxa:
-        np.testing.assert_allclose(auxa[key], auxb[key], atol=1e-6)
+    for kind in auxa:
+        for key in auxa[kind]:
+            np.testing.assert_allclose(auxa[kind][key], auxb[kind][key], atol=1e-6)
     for (path, a), (_, b) in zip(nnx.to_flat_state(ga), nnx.to_flat_state(gb)):
         np.testing.assert_allclose(a[...], b[...], atol=2e-5, rtol=1e-4, err_msg=str(path))
 
@@ -82,23 +83,23 @@ def test_uniform_router_gives_load_balance_loss_k(top_k):
     moe.router[...] = jnp.zeros_like(moe.router[...])  # every expert gets probability 1/E
     _, aux = moe(_x())
     # f_i sums to k over experts and P_i = 1/E, so E * sum_i f_i P_i = k exactly.
-    assert float(aux["load_balance_loss"]) == pytest.approx(top_k, rel=1e-6)
-    assert float(aux["router_z_loss"]) == pytest.approx(math.log(cfg.n_experts) ** 2, rel=1e-6)
-    np.testing.assert_allclose(aux["expert_load"].sum(), 1.0, rtol=1e-6)
+    assert float(aux["losses"]["load_balance"]) == pytest.approx(top_k, rel=1e-6)
+    assert float(aux["losses"]["router_z"]) == pytest.approx(math.log(cfg.n_experts) ** 2, rel=1e-6)
+    np.testing.assert_allclose(aux["metrics"]["expert_load"].sum(), 1.0, rtol=1e-6)
 
 
 def test_collapsed_router_is_penalised():
     cfg, moe = _moe(top_k=1)
     router = np.zeros((cfg.d_model, cfg.n_experts), np.float32)
     moe.router[...] = jnp.asarray(router)
-    balanced = float(moe(_x())[1]["load_balance_loss"])
+    balanced = float(moe(_x())[1]["losses"]["load_balance"])
     # A router that sends every token to expert 0 with high confidence: f = (1,0,0,0), P_0 ~ 1.
     x = jnp.ones((24, cfg.d_model))
     router[:, 0] = 1.0
     moe.router[...] = jnp.asarray(router)
     _, aux = moe(x)
-    assert float(aux["load_balance_loss"]) > 3.9 > balanced
-    np.testing.assert_allclose(aux["expert_load"], [1, 0, 0, 0])
+    assert float(aux["losses"]["load_balance"]) > 3.9 > balanced
+    np.testing.assert_allclose(aux["metrics"]["expert_load"], [1, 0, 0, 0])
 
 
 def test_padding_tokens_do_not_count_in_aux():
@@ -108,5 +109,6 @@ def test_padding_tokens_do_not_count_in_aux():
     y_all, aux_masked = moe(x, valid)
     y_valid, aux_valid = moe(x[:15])
     np.testing.assert_allclose(y_all[:15], y_valid, atol=1e-6)
-    for key in aux_valid:
-        np.testing.assert_allclose(aux_masked[key], aux_valid[key], rtol=1e-6)
+    for kind in aux_valid:
+        for key in aux_valid[kind]:
+            np.testing.assert_allclose(aux_masked[kind][key], aux_valid[kind][key], rtol=1e-6)

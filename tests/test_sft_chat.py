@@ -71,9 +71,10 @@ def test_generate_and_chat(sft_run, capsys, monkeypatch):
 
 
 def test_chat_history_is_truncated_to_the_context(sft_run):
-    from mylm_jax.chat import fit_history, load_model
+    from mylm_jax.tokenizer.chat import fit_history
+    from mylm_jax.train.run_dir import RunDir
 
-    _, _, tok = load_model(str(sft_run))
+    tok = RunDir.open(sft_run).tokenizer()
     messages = [{"role": "system", "content": "Be brief."}]
     for i in range(20):
         messages += [{"role": "user", "content": f"question {i} " * 3}, {"role": "assistant", "content": "ok"}]

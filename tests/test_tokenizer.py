@@ -180,5 +180,5 @@ def test_load_detects_edited_files(english, tmp_path):
 
 
 def test_tokenizer_package_imports_no_jax():
-    code = "import sys, mylm_jax.tokenizer, mylm_jax.tokenizer.cli; assert 'jax' not in sys.modules"
+    code = "import sys, mylm_jax.tokenizer, mylm_jax.cli.tokenizer; assert 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,13 +4,14 @@ non-finite guard leaves the state unchanged; the mesh and batch checks."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 
 from mylm_jax.config import Config, ConfigError, MeshConfig, TrainConfig, config_from_dict
-from mylm_jax.parallel import make_mesh, mesh_shape, shard_batch
+from mylm_jax.parallel import make_mesh, mesh_shape, plan_params, shard_batch
 from mylm_jax.train.state import create_state
 from mylm_jax.train.step import make_train_step
 
@@ -38,7 +39,7 @@ def _batch(seed=0):
 def _one_step(cfg, batch):
     mesh = make_mesh(cfg.mesh)
     ts = create_state(cfg, mesh)
-    step = make_train_step(cfg, ts.graphdef, ts.shardings)
+    step = make_train_step(cfg, ts)
     state, metrics = step(ts.state, shard_batch(batch, mesh, cfg.train.microbatches))
     params = jax.tree.leaves(state[0])
     return jax.device_get(metrics), [np.asarray(p) for p in params]
@@ -63,7 +64,7 @@ def test_non_finite_update_is_not_applied():
     mesh = make_mesh(cfg.mesh)
     ts = create_state(cfg, mesh)
     before = [np.asarray(p) for p in jax.tree.leaves(ts.state)]
-    step = make_train_step(cfg, ts.graphdef, ts.shardings)
+    step = make_train_step(cfg, ts)
     batch = _batch()
     batch["loss_mask"] = batch["loss_mask"] * np.float32(np.nan)  # a NaN loss
     state, metrics = step(ts.state, shard_batch(batch, mesh))
@@ -80,3 +81,19 @@ def test_mesh_and_batch_checks():
         mesh_shape(MeshConfig(data=-1, tensor=3), 8)
     with pytest.raises(ConfigError, match="microbatches"):
         dataclasses.replace(TrainConfig(), batch_size=6, microbatches=4)
+
+
+def test_sharding_plan_says_what_is_sharded_and_what_is_replicated():
+    """The plan the trainer prints at start: every sharded parameter (layers grouped), the
+    replicated ones, and each axis a rule would split but the mesh axis does not divide."""
+    mesh = SimpleNamespace(shape={"data": 1, "fsdp": 4, "tensor": 2, "expert": 1})
+    shapes = {"embed": (99, 64), "blocks.0.attn.q.kernel": (64, 4, 16), "blocks.1.attn.q.kernel": (64, 4, 16),
+              "final_norm.scale": (64,)}
+    axes = {"embed": ("vocab", "embed"), "blocks.0.attn.q.kernel": ("embed", "heads", "head_dim"),
+            "blocks.1.attn.q.kernel": ("embed", "heads", "head_dim"), "final_norm.scale": (None,)}
+    text = plan_params(shapes, axes, mesh).describe(mesh)
+    assert text.splitlines()[0] == "sharding plan on mesh data=1 fsdp=4 tensor=2 expert=1:"
+    assert "blocks.*.attn.q.kernel" in text and "blocks.0" not in text  # layers grouped
+    assert "P('fsdp', 'tensor', None)" in text
+    assert "replicated on every device" in text and "final_norm.scale" in text
+    assert "embed: vocab=99 not divisible by tensor=2" in text

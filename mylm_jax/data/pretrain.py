@@ -20,7 +20,7 @@ Two ways to cut rows of T tokens:
               BOS alignment); the document that does not fit is cut at the row's end and
               its remainder dropped for this epoch.
 
-Sharding: with P JAX processes, process p takes rows p, p + P, ...; `batch_size` is per
+Sharding: with P JAX processes, process p takes rows p, p + P, ...; `rows_per_process` is per
 process. Each epoch is a grain MapDataset (random access, so resuming is exact);
 `get_state()` is {epoch, grain iterator state} and `set_state` restores the iterator
 to exactly the batch that would have come next. `workers > 0` prefetches in processes.
@@ -41,7 +41,7 @@ from mylm_jax.data.shards import TokenShards
 @dataclass(frozen=True)
 class LoaderConfig:
     seq_len: int
-    batch_size: int  # per process
+    rows_per_process: int  # this process's rows of a batch: train.batch_size / processes
     mode: Literal["packed", "windows"] = "packed"
     seed: int = 0
     bos_id: int | None = None
@@ -192,10 +192,10 @@ class EpochLoader:
         rows = grain.MapDataset.source(self.make_rows(epoch))
         usable = len(rows) // c.process_count * c.process_count  # every process gets as many rows
         rows = rows[c.process_index:usable:c.process_count]
-        if len(rows) < c.batch_size:
+        if len(rows) < c.rows_per_process:
             raise DataError(f"epoch {epoch} has {len(rows)} rows for this process, fewer than one batch "
-                            f"of {c.batch_size}: use a smaller batch or seq_len, or more data")
-        return rows.batch(c.batch_size, drop_remainder=True, batch_fn=_stack)
+                            f"of {c.rows_per_process}: use a smaller batch or seq_len, or more data")
+        return rows.batch(c.rows_per_process, drop_remainder=True, batch_fn=_stack)
 
     def _start(self, state=None):
         ds = self.dataset(self.epoch).to_iter_dataset()

@@ -7,8 +7,12 @@
 `GPT(cfg, rngs)(tokens, segment_ids=None, positions=None) -> (logits, aux)`:
     tokens, segment_ids, positions: int [B, T]
     logits: float32 [B, T, V]
-    aux: {} for a dense model; for MoE the mean over MoE layers of `load_balance_loss`
-         and `router_z_loss`, and `expert_load` [n_moe_layers, E].
+    aux: {"losses": {name: scalar}, "metrics": {name: array}}, the extra loss terms and
+         metrics the layers report (empty for a dense model). Each loss term is the mean
+         over the layers that report it, each metric their stack [n_layers_reporting, ...]:
+         for MoE, losses `load_balance` and `router_z`, metric `expert_load` [n_moe_layers, E].
+         The trainer weights the terms by the `loss` config section without knowing
+         what they are (mylm_jax/train/loss.py).
 segment_ids mark documents packed into one row (attention never crosses them; 0 is
 padding); positions restart at 0 in each document. Both default to one document.
 """
@@ -72,12 +76,12 @@ class GPT(nnx.Module):
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
         x_ND = self._embed(tokens_BT, positions_BT)
-        moe_aux = []
+        layer_aux = []
         for block in self.blocks:
             x_ND, aux = block(x_ND, B, T, positions_BT, segment_ids_BT)
             if aux is not None:
-                moe_aux.append(aux)
-        return self._logits(x_ND, B, T), _merge_moe_aux(moe_aux)
+                layer_aux.append(aux)
+        return self._logits(x_ND, B, T), merge_aux(layer_aux)
 
     def _embed(self, tokens_BT, positions_BT):
         x_ND = self.embed[...][tokens_BT.reshape(-1)]
@@ -114,11 +118,12 @@ class GPT(nnx.Module):
         return matmul(h_ND, head_DV, dtype).reshape(B, T, cfg.vocab_size)
 
 
-def _merge_moe_aux(per_layer: list[dict]) -> dict:
-    if not per_layer:
-        return {}
-    return {
-        "load_balance_loss": jnp.mean(jnp.stack([a["load_balance_loss"] for a in per_layer])),
-        "router_z_loss": jnp.mean(jnp.stack([a["router_z_loss"] for a in per_layer])),
-        "expert_load": jnp.stack([a["expert_load"] for a in per_layer]),
-    }
+def merge_aux(per_layer: list[dict]) -> dict:
+    """The layers' {"losses", "metrics"} as one: each loss averaged over the layers that
+    report it, each metric stacked along a new first axis."""
+    merged = {"losses": {}, "metrics": {}}
+    for kind, combine in (("losses", lambda xs: jnp.mean(jnp.stack(xs))), ("metrics", jnp.stack)):
+        names = dict.fromkeys(name for aux in per_layer for name in aux[kind])
+        merged[kind] = {name: combine([aux[kind][name] for aux in per_layer if name in aux[kind]])
+                        for name in names}
+    return merged

@@ -18,12 +18,13 @@ Three implementations compute the same y (`model.moe_impl`):
   * "ragged": the sorted groups go to `jax.lax.ragged_dot` (grouped-matmul kernels on
     TPU; on CPU it costs as much as "dense").
 
-Auxiliary outputs (averaged over valid tokens; segment id 0 marks padding):
+Auxiliary outputs (averaged over valid tokens; segment id 0 marks padding), in the
+model's generic form {"losses": {...}, "metrics": {...}} (mylm_jax/model/gpt.py):
     f_i = fraction of tokens that chose expert i      (sum_i f_i = k)
     P_i = mean router probability of expert i         (sum_i P_i = 1)
-    load_balance_loss = E * sum_i f_i P_i             (Switch Transformer; = k when uniform)
-    router_z_loss     = mean over tokens of logsumexp(x W_r)^2     (ST-MoE)
-    expert_load       = f_i / k, the share of routed assignments each expert received
+    losses   load_balance = E * sum_i f_i P_i         (Switch Transformer; = k when uniform)
+             router_z     = mean over tokens of logsumexp(x W_r)^2     (ST-MoE)
+    metrics  expert_load  = f_i / k, the share of routed assignments each expert received
 """
 
 from __future__ import annotations
@@ -147,8 +148,10 @@ class MoE(nnx.Module):
         P_E = (probs_NE * valid_N[:, None]).sum(0) / n_valid
         z_N = jax.nn.logsumexp(logits_NE, axis=-1)
         aux = {
-            "load_balance_loss": E * jnp.sum(f_E * P_E),
-            "router_z_loss": jnp.sum(jnp.square(z_N) * valid_N) / n_valid,
-            "expert_load": f_E / k,
+            "losses": {  # weighted by the `loss` config section's fields of the same names
+                "load_balance": E * jnp.sum(f_E * P_E),
+                "router_z": jnp.sum(jnp.square(z_N) * valid_N) / n_valid,
+            },
+            "metrics": {"expert_load": f_E / k},
         }
         return y_ND, aux

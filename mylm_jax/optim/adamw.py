@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mylm_jax.optim.grouping import path_name
+from mylm_jax.model.params import path_name
 
 
 class AdamWState(NamedTuple):

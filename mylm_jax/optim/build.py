@@ -19,9 +19,9 @@ import optax
 from flax import nnx
 
 from mylm_jax.config import OptimConfig
-from mylm_jax.model.params import logical_axes, param_shapes
+from mylm_jax.model.params import logical_axes, param_shapes, path_name
 from mylm_jax.optim.adamw import adamw, clip_by_global_norm
-from mylm_jax.optim.grouping import Assignment, assign_all, path_name
+from mylm_jax.optim.grouping import Assignment, assign_all
 from mylm_jax.optim.muon import muon
 from mylm_jax.optim.schedules import lr_factor
 
@@ -47,13 +47,16 @@ def muon_momentum(optim: OptimConfig) -> float | Callable:
 
 
 def build_optimizer(optim: OptimConfig, total_steps: int,
-                    assignments: dict[str, Assignment]) -> optax.GradientTransformation:
+                    assignments: dict[str, Assignment]) -> tuple[optax.GradientTransformation, dict]:
+    """(tx, schedules): the transformation, and {"lr": step -> AdamW's lr, "muon_lr": step ->
+    Muon's lr (muon only)}, the very functions tx uses, so a loop can log the lr it applied."""
     factor = lr_factor(optim, total_steps)
+    schedules = {"lr": lambda step: optim.lr * factor(step)}
     decay = {name: a.weight_decay for name, a in assignments.items()}
-    groups = {"adamw": adamw(lambda step: optim.lr * factor(step), optim.beta1, optim.beta2, optim.eps,
-                             optim.weight_decay, decay)}
+    groups = {"adamw": adamw(schedules["lr"], optim.beta1, optim.beta2, optim.eps, optim.weight_decay, decay)}
     if any(a.optimizer == "muon" for a in assignments.values()):
-        groups["muon"] = muon(lambda step: optim.muon_lr * factor(step), muon_momentum(optim),
+        schedules["muon_lr"] = lambda step: optim.muon_lr * factor(step)
+        groups["muon"] = muon(schedules["muon_lr"], muon_momentum(optim),
                               optim.muon_nesterov, optim.muon_weight_decay, optim.muon_ns_steps,
                               ns_dtype=jnp.dtype(optim.muon_ns_dtype), adjust_lr=optim.muon_adjust_lr,
                               views={n: a.view for n, a in assignments.items() if a.view}, decay=decay)
@@ -64,4 +67,4 @@ def build_optimizer(optim: OptimConfig, total_steps: int,
     tx = optax.partition(groups, labels)
     if optim.grad_clip > 0:
         tx = optax.chain(clip_by_global_norm(optim.grad_clip), tx)
-    return tx
+    return tx, schedules

@@ -31,14 +31,16 @@ they would be if they were separate nn.Linear layers:
     w_in          [E, D, 2, F]      -> E x 2 x [D, F]
     w_out         [E, F, D]         -> E x [F, D]
 
-This module imports no jax: the twin (mylm_torch/optim.py) follows the same decisions.
+This module imports no jax. The twin decides its groups on its own, from its torch
+layouts (mylm_torch/grouping.py); parity_tests/test_grouping.py checks that both sides
+agree on every parameter of every variant.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from mylm_jax.config import OptimConfig, ParamKind
 
@@ -94,7 +96,7 @@ class Assignment:
     weight_decay: bool
     shape: tuple[int, ...]
     view: MatrixView | None = None  # Muon parameters only
-    lr_multiplier: float = 1.0  # Muon's per-matrix ratio (see muon_math.lr_ratio)
+    lr_multiplier: float = 1.0  # Muon's per-matrix ratio (see lr_ratio above)
 
 
 def param_kind(name: str, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> ParamKind:
@@ -148,16 +150,6 @@ def assign_all(specs: dict[str, tuple[Sequence[int], Sequence[str | None]]],
                optim: OptimConfig) -> dict[str, Assignment]:
     """{name: (shape, logical axes)} -> {name: Assignment}."""
     return {name: assign(name, shape, axes, optim) for name, (shape, axes) in specs.items()}
-
-
-def path_name(key_path: Sequence[Any]) -> str:
-    """A jax tree key path of an nnx State -> the dotted parameter name ("blocks.0.attn.q.kernel").
-
-    Dict keys and sequence indices make the name; attribute steps (a Variable's `.value`)
-    are not part of it.
-    """
-    parts = [getattr(k, "key", getattr(k, "idx", None)) for k in key_path]
-    return ".".join(str(p) for p in parts if p is not None)
 
 
 def format_assignments(assignments: dict[str, Assignment], optim: OptimConfig) -> str:

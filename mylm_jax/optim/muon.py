@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mylm_jax.optim.grouping import MatrixView, lr_ratio, path_name
+from mylm_jax.model.params import path_name
+from mylm_jax.optim.grouping import MatrixView, lr_ratio
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 AdjustLr = Literal["original", "match_rms_adamw"]

@@ -18,12 +18,17 @@ config.yaml), which is the fair axis when runs differ in batch size.
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from mylm_jax.studies.common import StudyError, figure, read_metrics, save_figure, series
+from mylm_jax.studies.results import figure, read_metrics, save_figure, series
+from mylm_jax.studies.script import StudyError
+
+# An array metric's element tag: name/1/3 (older runs wrote expert_load/layer1/expert3).
+ARRAY_INDEX = re.compile(r"(?:layer|expert)?(\d+)")
 
 QUANTITIES = {  # file stem -> (key, y label, log scale)
     "val_loss": ("val_loss", "validation loss", False),
@@ -31,14 +36,6 @@ QUANTITIES = {  # file stem -> (key, y label, log scale)
     "grad_norm": ("grad_norm", "gradient norm", True),
     "tokens_per_s": ("tokens_per_s", "tokens / s", False),
 }
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="plot runs' losses, lr, grad norm, tokens/s, expert load")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="where the PNGs go (default: the first run's plots/)")
-    p.add_argument("--x", choices=("step", "tokens"), default="step", help="align runs by step or tokens")
-    p.add_argument("--smooth", type=float, default=0.9, help="EMA decay of the smoothed loss (0: none)")
 
 
 def read_tensorboard(tb_dir: Path) -> list[dict]:
@@ -56,19 +53,21 @@ def read_tensorboard(tb_dir: Path) -> list[dict]:
             event = Event.FromString(payload)
             for value in event.summary.value:
                 record = by_step.setdefault(event.step, {"step": event.step})
-                if value.tag.startswith("expert_load/"):
-                    layer, expert = (int(p.removeprefix("layer").removeprefix("expert"))
-                                     for p in value.tag.split("/")[1:])
-                    record.setdefault("_load", {})[(layer, expert)] = value.simple_value
+                name, *index = value.tag.split("/")
+                if index and all(ARRAY_INDEX.fullmatch(p) for p in index):  # an array metric's element
+                    key = tuple(int(ARRAY_INDEX.fullmatch(p).group(1)) for p in index)
+                    record.setdefault("_arrays", {}).setdefault(name, {})[key] = value.simple_value
                 else:
                     record[value.tag] = value.simple_value
     records = []
     for step in sorted(by_step):
         r = by_step[step]
-        if "_load" in r:
-            load = r.pop("_load")
-            L, E = (max(k[i] for k in load) + 1 for i in (0, 1))
-            r["expert_load"] = [[load.get((i, e), 0.0) for e in range(E)] for i in range(L)]
+        for name, elements in r.pop("_arrays", {}).items():
+            shape = tuple(max(k[d] for k in elements) + 1 for d in range(len(next(iter(elements)))))
+            array = np.zeros(shape)
+            for k, v in elements.items():
+                array[k] = v
+            r[name] = array.tolist()
         records.append(r)
     return records
 
@@ -165,11 +164,3 @@ def plot_runs(run_dirs: list[str], out_dir: str | Path, x: str = "step", decay: 
         axes[0, 0].legend(fontsize=7)
         written.append(save_figure(fig, out / f"expert_load_{name}.png"))
     return written
-
-
-def run(args) -> None:
-    out = args.out or str(Path(args.run_dirs[0]) / "plots")
-    if not 0 <= args.smooth < 1:
-        raise StudyError(f"--smooth must be in [0, 1), got {args.smooth}")
-    for path in plot_runs(args.run_dirs, out, args.x, args.smooth):
-        print(path)

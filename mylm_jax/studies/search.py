@@ -35,18 +35,8 @@ from pathlib import Path
 import yaml
 
 from mylm_jax.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config
-from mylm_jax.studies.common import StudyError, figure, save_figure
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("search", help="hyperparameter search with Optuna (resumable, pruned)")
-    p.add_argument("--config", help="YAML config the trials start from")
-    p.add_argument("--space", required=True, help="search space YAML (see mylm_jax/studies/search.py)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="fixed overrides for every trial")
-    p.add_argument("--trials", type=int, default=20, help="total finished trials wanted (resumes count)")
-    p.add_argument("--out", default="runs/search")
-    p.add_argument("--name", default="search", help="study name inside OUT/search.db")
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+from mylm_jax.studies.results import figure, save_figure
+from mylm_jax.studies.script import StudyError
 
 
 def load_space(path: str, base: dict) -> dict[str, dict]:
@@ -103,35 +93,28 @@ def suggest(trial, space: dict) -> dict:
 def make_objective(base: dict, space: dict, out: Path):
     import optuna
 
-    from mylm_jax.train.loop import PretrainData, Trainer
-
-    class TrialTrainer(Trainer):
-        """The pretraining loop, reporting each eval to Optuna and stopping when pruned."""
-
-        def __init__(self, cfg, trial):
-            super().__init__(cfg, PretrainData(cfg))
-            self.trial, self.last_val = trial, math.inf
-
-        def evaluate(self) -> dict:
-            result = super().evaluate()
-            if not result:  # a val split too small to evaluate
-                return result
-            self.last_val = result["val_loss"]
-            self.trial.report(self.last_val, self.ts.step)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"val loss {self.last_val:.4f} at step {self.ts.step}")
-            return result
+    from mylm_jax.data.sources import ShardsSource
+    from mylm_jax.train.loop import Trainer
 
     def objective(trial) -> float:
         values = suggest(trial, space)
         overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
         overrides.append(f"train.out_dir={out / f'trial_{trial.number:04d}'}")
         cfg = config_from_dict(apply_overrides(base, overrides))
-        trainer = TrialTrainer(cfg, trial)
-        trainer.run()
-        if not math.isfinite(trainer.last_val):
+        last_val = math.inf
+
+        def report(step: int, result: dict) -> None:
+            """Each eval's val loss goes to Optuna; a pruned trial stops the run here."""
+            nonlocal last_val
+            last_val = result["val_loss"]
+            trial.report(last_val, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val loss {last_val:.4f} at step {step}")
+
+        Trainer(cfg, ShardsSource(cfg), on_eval=report).run()
+        if not math.isfinite(last_val):
             raise StudyError("the config runs no eval (train.eval_every=0 or no val split): nothing to score")
-        return trainer.last_val
+        return last_val
 
     return objective
 
@@ -177,36 +160,33 @@ def write_outputs(study, out: Path) -> dict:
     return best or {}
 
 
-def run(args) -> None:
+def search(config: str | None, overrides: list[str], space_path: str, trials: int, out: str | Path,
+           name: str = "search", seed: int = 0) -> dict:
+    """Run (or resume) a search until `trials` trials have finished; returns the best
+    {"value", "params", "trial", ...} ({} when none completed)."""
     try:
         import optuna
     except ImportError:
         raise StudyError("mylm search needs Optuna: pip install -e \".[search]\"") from None
     from optuna.trial import TrialState
 
-    from mylm_jax.train.cli import _quiet_libraries
-
-    if args.trials < 1:
-        raise StudyError(f"--trials must be >= 1, got {args.trials}")
-    base = config_to_dict(load_config(args.config, args.overrides))
+    if trials < 1:
+        raise StudyError(f"--trials must be >= 1, got {trials}")
+    base = config_to_dict(load_config(config, overrides))
     base["train"].update(checkpoint_every=0, keep_checkpoints=1, async_checkpoint=False)
-    space = load_space(args.space, base)
-    out = Path(args.out)
+    space = load_space(space_path, base)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=args.name, storage=f"sqlite:///{out / 'search.db'}", load_if_exists=True,
-                                direction="minimize", sampler=optuna.samplers.TPESampler(seed=args.seed),
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{out / 'search.db'}", load_if_exists=True,
+                                direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
     for t in study.trials:  # left RUNNING by an interrupted search: failed, not counted
         if t.state == TrialState.RUNNING:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
     if finished:
-        print(f"resuming {args.name}: {finished} trial(s) already finished in {out / 'search.db'}")
-    if args.trials > finished:
-        study.optimize(make_objective(base, space, out), n_trials=args.trials - finished, catch=())
-    best = write_outputs(study, out)
-    if best:
-        print(f"best val loss {best['value']:.4f} (trial {best['trial']}): {best['params']}")
-    print(f"written: {out / 'best_params.json'}, {out / 'search_results.json'}, figures in {out}")
+        print(f"resuming {name}: {finished} trial(s) already finished in {out / 'search.db'}")
+    if trials > finished:
+        study.optimize(make_objective(base, space, out), n_trials=trials - finished, catch=())
+    return write_outputs(study, out)

@@ -7,10 +7,14 @@
     tok.decode(ids); tok.save("tok.json"); Tokenizer.load("tok.json"); tok.export_hf("tokenizer.json")
     ids, loss_mask = tok.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
 
-One idea per module: patterns (pre-split regexes, byte table), train (learning merges),
-encode (applying them, cache, worker processes), pieces (cutting chunks where no merge
-can reach across), specials, tokenizer (the class, files), chat (template), hf_export,
-cli. The math is in docs/tokenizer.md.
+One idea per module: patterns (pre-split regexes, byte table), ids (how a pair of ids
+packs into one int), train (learning merges), encode (applying them, cache, worker
+processes), pieces (cutting chunks where no merge can reach across), specials, tokenizer
+(the class, files), chat (template), hf_export. The `mylm tokenizer` command is
+mylm_jax/cli/tokenizer.py. The math is in docs/tokenizer.md.
+
+Imports go one way (no cycles): errors, ids, patterns, specials, pieces, chat, hf_export
+<- encode <- tokenizer <- train <- this package.
 """
 
 from mylm_jax.tokenizer.errors import TokenizerError

@@ -11,7 +11,8 @@ Rendering (no newlines or spaces are added; content is encoded as plain text, so
 
 The loss mask is 1 exactly on assistant content and the <|end|> that closes it: SFT
 trains the model to write answers and to stop, never to predict the prompt. To make the
-model answer at inference, render the conversation so far and append <|assistant|>.
+model answer at inference, render the conversation so far and append <|assistant|>
+(`fit_history` does that, dropping the oldest turns that no longer fit the context).
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
         ids += [tokenizer.special_tokens[sp.ROLE_TOKENS[role]], *body, end_of_turn]
         mask += [0] + [trained] * (len(body) + 1)
     return ids, mask
+
+
+def fit_history(tok, messages: list[dict], room: int) -> tuple[list[int], list[dict]]:
+    """Render the conversation + "<|assistant|>", dropping the oldest turns (never the system
+    message or the last user turn) until it fits in `room` tokens."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    while True:
+        ids, _ = tok.render(system + turns)
+        ids = ids + [tok.special_tokens[sp.ASSISTANT]]
+        if len(ids) <= room or len(turns) <= 1:
+            return ids[-room:], system + turns
+        turns = turns[2:] if len(turns) > 2 else turns[1:]
 
 
 def visualize(tokenizer, ids, loss_mask, color: bool = False) -> str:

@@ -26,8 +26,8 @@ import sys
 from array import array
 
 from mylm_jax.tokenizer.errors import TokenizerError
+from mylm_jax.tokenizer.ids import ID_BITS
 from mylm_jax.tokenizer.pieces import ChunkCutter
-from mylm_jax.tokenizer.train import ID_BITS
 
 NO_MERGE = 1 << 62  # rank of a pair that is not a merge (larger than any real rank)
 CACHE_LIMIT = 1_000_000  # chunks; the cache is cleared when full, bounding its memory

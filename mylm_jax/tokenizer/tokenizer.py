@@ -30,6 +30,7 @@ from pathlib import Path
 
 import regex
 
+from mylm_jax.tokenizer import chat, hf_export
 from mylm_jax.tokenizer import specials as sp
 from mylm_jax.tokenizer.encode import ChunkEncoder, build_vocab, encode_in_processes
 from mylm_jax.tokenizer.errors import TokenizerError
@@ -171,15 +172,11 @@ class Tokenizer:
 
     def render(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         """A conversation -> (ids, loss_mask); see chat.py for the exact template."""
-        from mylm_jax.tokenizer.chat import render
-
-        return render(self, messages)
+        return chat.render(self, messages)
 
     def visualize(self, ids: Sequence[int], loss_mask: Sequence[int], color: bool = False) -> str:
         """The decoded conversation with the trained-on (loss_mask == 1) parts marked."""
-        from mylm_jax.tokenizer.chat import visualize
-
-        return visualize(self, ids, loss_mask, color)
+        return chat.visualize(self, ids, loss_mask, color)
 
     # --- files ---------------------------------------------------------------------------
 
@@ -224,6 +221,5 @@ class Tokenizer:
 
     def export_hf(self, path: str | os.PathLike) -> None:
         """Write a Hugging Face `tokenizer.json` that encodes exactly as this tokenizer does."""
-        from mylm_jax.tokenizer.hf_export import to_hf_json
-
-        Path(path).write_text(json.dumps(to_hf_json(self), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        text = json.dumps(hf_export.to_hf_json(self), ensure_ascii=False, indent=1) + "\n"
+        Path(path).write_text(text, encoding="utf-8")

@@ -36,6 +36,10 @@ natural ones (token id b = byte b). As in HF, a merge whose bytes already form a
 `min_frequency`: training stops when the best pair occurs fewer times (it then may stop
 short of `vocab_size`). Raising it to 2 trains much faster on text with many unique chunks
 (e.g. Chinese clauses) but compresses worse.
+
+Where this module sits: `train_tokenizer` wraps the learnt merges in a `Tokenizer`
+(tokenizer.py), so training imports the Tokenizer and never the other way round; the
+constants both share (how ids pack into ints) live below both, in ids.py.
 """
 
 from __future__ import annotations
@@ -46,13 +50,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mylm_jax.tokenizer.errors import TokenizerError
+from mylm_jax.tokenizer.ids import ID_BITS, ID_MASK, MAX_VOCAB
 from mylm_jax.tokenizer.patterns import HF_BYTE_ORDER, make_splitter, resolve_pattern
 from mylm_jax.tokenizer.specials import DEFAULT_SPECIAL_TOKENS, check_special_tokens
+from mylm_jax.tokenizer.tokenizer import Tokenizer
 
-# A pair (a, b) of ids is the int a << ID_BITS | b: ints hash and compare faster than tuples.
-ID_BITS = 20
-MAX_VOCAB = 1 << ID_BITS
-ID_MASK = MAX_VOCAB - 1
+# A pair (a, b) of ids is the int a << ID_BITS | b (ids.py).
 # A heap entry is the int (-count << PAIR_BITS) | pair: smallest = largest count, then smallest pair.
 PAIR_BITS = 2 * ID_BITS
 PAIR_MASK = (1 << PAIR_BITS) - 1
@@ -181,14 +184,13 @@ def _progress_bar(total: int, enabled: bool):
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4",
                     special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS, min_frequency: int = 1,
-                    progress: bool = True):
+                    progress: bool = True) -> Tokenizer:
     """Train a byte-level BPE tokenizer on `texts`.
 
     vocab_size counts everything: 256 bytes + merged tokens + special tokens. pattern is a
-    preset name ("gpt4", "gpt2", "zh") or a raw regex (patterns.py).
+    preset name ("gpt4", "gpt2", "zh") or a raw regex (patterns.py). The Tokenizer comes
+    back with training's own chunks already in its encode cache.
     """
-    from mylm_jax.tokenizer.tokenizer import Tokenizer
-
     specials = check_special_tokens(special_tokens)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise TokenizerError(f"vocab_size must be an int, got {vocab_size!r}")

@@ -2,7 +2,7 @@
 
     out_dir/checkpoints/<step>/state    model and optimizer arrays (each process writes its shards)
                               /data     the data loader's state (JSON): resume at the next batch
-                              /meta     {"config", "tokenizer", "step", "seed"} (JSON)
+                              /meta     {"config", "tokenizer", "step", "seed", "data_path"} (JSON)
 
 Saves are asynchronous (orbax writes in a background thread while training goes on)
 and atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when complete,
@@ -10,15 +10,14 @@ so a crash during a save leaves the previous checkpoints intact and the temporar
 directory is ignored. Kept: the latest `keep` steps and the best by val loss.
 
 Restoring reads against an abstract target carrying *this* run's shardings
-(mylm_jax/train/state.py: restore_target), so a checkpoint written on one mesh
+(mylm_jax/train/state.py: restore_target; mylm_jax/train/run_dir.py opens runs), so a checkpoint written on one mesh
 restores onto another (8-device FSDP -> 1 device, say): orbax reads each device's
 slice of every array.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 from pathlib import Path
 
 import jax
@@ -26,7 +25,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-KILL_DURING_SAVE = "MYLM_TEST_KILL_DURING_SAVE"  # tests: SIGKILL self right after starting this step's save
+from mylm_jax.train.faults import KILL_DURING_SAVE, kill_if_asked
+
 
 
 class Checkpointer:
@@ -55,14 +55,18 @@ class Checkpointer:
             data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta)),
             metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
-        if os.environ.get(KILL_DURING_SAVE) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_if_asked(KILL_DURING_SAVE, step)  # tests only (mylm_jax/train/faults.py)
         if wait:
             self.manager.wait_until_finished()
 
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def rewrite_meta(self, step: int, meta: dict) -> None:
+        """Replace a committed step's meta item. It is a plain JSON file inside the step
+        directory (orbax's JsonSave layout), so it can be rewritten without touching the arrays."""
+        (self.directory / str(step) / "meta" / "metadata").write_text(json.dumps(meta))
 
     def restore(self, step: int, abstract_state) -> tuple:
         """(state with the target's shardings, data state, meta) of a step."""

@@ -1,68 +1,53 @@
-"""The pretraining loop: `mylm pretrain --config configs/X.yaml [section.key=value ...]`.
+"""The training loop: `mylm pretrain --config configs/X.yaml [section.key=value ...]` (and SFT).
 
-    start:  join the processes (multi-host), build the mesh, open the data, then either
-            create the state already sharded or restore the latest checkpoint onto this mesh
+    start:  join the processes (multi-host), build the mesh, open the data source, then
+            either create the state already sharded or restore the latest checkpoint onto
+            this mesh; print the sharding plan
     loop:   batch -> train_step (dispatched, not awaited) -> read the *previous* step's
             metrics -> log / eval / sample / checkpoint when due
     stop:   at train.steps, or on SIGTERM / SIGINT after the current step: save and exit 0
 
 Reading step k's metrics only after step k + 1 is dispatched keeps the device busy: the
 host never waits for a step to finish before queueing the next one (nanodo's pattern).
+
+The loop knows no model variant and no data format: the step returns the model's extra
+loss terms and metrics under their own names (logged as they come), and the data is any
+`DataSource` (mylm_jax/data/sources.py).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 
 from mylm_jax.config import Config, ConfigError, config_to_dict, dump_config
 from mylm_jax.data.errors import DataError
-from mylm_jax.data.pretrain import LoaderConfig, pretrain_loader
-from mylm_jax.data.shards import read_metadata
+from mylm_jax.data.pretrain import LoaderConfig
+from mylm_jax.data.sources import DataSource, ShardsSource, tokenizer_identity
 from mylm_jax.model.accounting import flops_per_token
 from mylm_jax.parallel import batch_divisor, initialize_distributed, make_mesh, shard_batch
 from mylm_jax.train.checkpoint import Checkpointer
+from mylm_jax.train.faults import KILL_AT_STEP, kill_if_asked
 from mylm_jax.train.metrics import EMA, MetricsLog, peak_flops_per_device
-from mylm_jax.train.resume import check_compatible
-from mylm_jax.train.state import TrainState, create_state, restore_target
+from mylm_jax.train.run_dir import RunDir
+from mylm_jax.train.signals import StopFlag
+from mylm_jax.train.state import create_state
 from mylm_jax.train.step import make_eval_step, make_train_step
 
-
-KILL_AT_STEP = "MYLM_TEST_KILL_AT_STEP"  # tests: SIGKILL self once this step's metrics are logged
+# The step's metrics that the loop turns into its own record fields; every other one
+# (learning rates, the model's extra losses and metrics) is logged under its own name.
+_STEP_FIELDS = ("loss", "grad_norm", "finite", "tokens")
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
-
-
-@dataclass
-class StopFlag:
-    """Set by SIGTERM / SIGINT; the loop saves and exits at the next step boundary."""
-
-    requested: str = ""
-    previous: dict = field(default_factory=dict)
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second signal: stop now
-            signal.signal(signum, self.previous[signum])
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    """The run halted itself on a NaN / inf loss or gradient (train.on_nonfinite=halt),
+    after saving a checkpoint of the last good state."""
 
 
 def _check_batch(cfg: Config, mesh) -> int:
@@ -74,38 +59,18 @@ def _check_batch(cfg: Config, mesh) -> int:
     return B // P
 
 
-def tokenizer_identity(tokenizer, path: str) -> dict:
-    return {"fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size, "path": path,
-            "bos_id": tokenizer.special_tokens.get("<|bos|>"), "eos_id": tokenizer.special_tokens.get("<|endoftext|>")}
-
-
-class PretrainData:
-    """Token shards written by `mylm data prepare` (data.path): train and val splits."""
-
-    def __init__(self, cfg: Config):
-        if not cfg.data.path:
-            raise ConfigError("data.path is empty: prepare a dataset with `mylm data prepare` and set data.path")
-        self.path, self.meta = cfg.data.path, read_metadata(cfg.data.path)
-        self.has_val = "val" in self.meta["splits"] or self.meta["split"]["mode"] == "tail"
-        self.tokenizer = None
-        from mylm_jax.tokenizer import Tokenizer
-        try:  # for samples and bits per byte; the shards carry its identity either way
-            self.tokenizer = Tokenizer.load(self.meta["tokenizer"]["path"])
-        except (OSError, ValueError):
-            print(f"note: the dataset's tokenizer {self.meta['tokenizer']['path']} is not readable: "
-                  "no samples, no bits per byte", flush=True)
-        self.identity = self.meta["tokenizer"]
-
-    def loader(self, split: str, loader_cfg: LoaderConfig):
-        return pretrain_loader(self.path, split, loader_cfg)
-
-
 class Trainer:
-    """Pretraining (and SFT, with another `data` and an `init` of the weights)."""
+    """Pretraining (and SFT, with another data source and an `init` of the weights).
 
-    def __init__(self, cfg: Config, data, resume: bool = False, init=None):
+    init(ts): fills a freshly created state (SFT: the pretrained weights); not called on resume.
+    on_eval(step, result): called after every evaluation with its metrics; may raise to
+    stop the run (`mylm search` prunes trials this way).
+    """
+
+    def __init__(self, cfg: Config, data: DataSource, resume: bool = False, init: Callable | None = None,
+                 on_eval: Callable[[int, dict], None] | None = None):
         initialize_distributed(cfg.mesh)
-        self.cfg, self.data, self.mesh = cfg, data, make_mesh(cfg.mesh)
+        self.cfg, self.data, self.mesh, self.on_eval = cfg, data, make_mesh(cfg.mesh), on_eval
         self.local_batch = _check_batch(cfg, self.mesh)
         self.out_dir = Path(cfg.train.out_dir)
         if data.identity["vocab_size"] > cfg.model.vocab_size:
@@ -123,15 +88,21 @@ class Trainer:
                 self.tokenizer.save(path)
             self.identity = tokenizer_identity(self.tokenizer, str(path))
         self.loader = data.loader("train", self._loader_config(cfg.data.seed))
-        self.checkpointer = Checkpointer(self.out_dir, cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
-        latest = self.checkpointer.latest_step() if resume else None
+        self.run_dir = RunDir(self.out_dir, Checkpointer(self.out_dir, cfg.train.keep_checkpoints,
+                                                         cfg.train.async_checkpoint))
+        self.checkpointer = self.run_dir.checkpointer
+        latest = self.run_dir.latest_step if resume else None
         if latest is not None:
-            self.ts = self._restore(latest)
+            self.ts, data_state = self.run_dir.restore(latest, cfg, self.mesh, self.identity)
+            self.loader.set_state(data_state)
+            print(f"resumed from {self.checkpointer.directory}/{latest}", flush=True)
         else:
             self.ts = create_state(cfg, self.mesh)
             if init is not None:
                 init(self.ts)
-        self.train_step = make_train_step(cfg, self.ts.graphdef, self.ts.shardings)
+        if jax.process_index() == 0:
+            print(self.ts.plan.describe(self.mesh), flush=True)
+        self.train_step = make_train_step(cfg, self.ts)
         self.eval_step = make_eval_step(self.ts.graphdef)
         self.log = MetricsLog(self.out_dir)
         if jax.process_index() == 0:
@@ -142,16 +113,6 @@ class Trainer:
         bos = self.identity.get("bos_id") if d.bos else None
         return LoaderConfig(d.seq_len, batch or self.local_batch, d.loader, seed, bos, d.align_to_documents,
                             jax.process_index(), jax.process_count(), d.workers)
-
-    def _restore(self, step: int) -> TrainState:
-        meta = self.checkpointer.read_meta(step)
-        check_compatible(meta, self.cfg, self.identity)
-        template, target = restore_target(self.cfg, self.mesh)
-        state, data_state, _ = self.checkpointer.restore(step, target)
-        self.loader.set_state(data_state)
-        template.state = state
-        print(f"resumed from {self.checkpointer.directory}/{step}", flush=True)
-        return template
 
     def _meta(self) -> dict:
         return {"config": config_to_dict(self.cfg), "step": self.ts.step, "seed": self.cfg.train.seed,
@@ -184,6 +145,8 @@ class Trainer:
         if n_bytes:
             # nats per token -> bits per byte: loss / ln 2 bits per token, bytes per token from the text
             out["val_bpb"] = loss_sum / math.log(2) / n_bytes
+        if self.on_eval is not None:
+            self.on_eval(self.ts.step, out)
         return out
 
     def sample(self) -> str | None:
@@ -196,95 +159,103 @@ class Trainer:
         sampling = SamplingConfig(t.sample_tokens, t.sample_temperature, seed=t.seed + self.ts.step)
         return t.sample_prompt + self.tokenizer.decode(generate(model, [prompt], sampling)[0])
 
-    def run(self) -> int:
+    def _start_progress(self) -> None:
+        """What _record needs across steps: the clock, the smoothed loss, the bar, the FLOPs."""
         cfg, t = self.cfg, self.cfg.train
-        step = self.ts.step
-        tokens_per_step = t.batch_size * cfg.data.seq_len
-        flops = flops_per_token(cfg.model, cfg.data.seq_len)
-        peak = peak_flops_per_device(t.peak_tflops)
-        ema, stop = EMA(t.loss_ema), StopFlag()
-        stop.install()
-        bar = None
+        self.tokens_per_step = t.batch_size * cfg.data.seq_len
+        self.flops = flops_per_token(cfg.model, cfg.data.seq_len)
+        self.peak = peak_flops_per_device(t.peak_tflops)
+        self.ema, self.skipped, self.last_time = EMA(t.loss_ema), 0, time.perf_counter()
+        self.bar = None
         if jax.process_index() == 0:
             from tqdm import tqdm
-            bar = tqdm(total=t.steps, initial=step, desc="pretrain", dynamic_ncols=True, file=sys.stdout)
-        pending, last_time, skipped = None, time.perf_counter(), 0
+            self.bar = tqdm(total=t.steps, initial=self.ts.step, desc="pretrain", dynamic_ncols=True,
+                            file=sys.stdout)
 
-        def finish(item):
-            """Read back one dispatched step's metrics, log them, react to a non-finite loss."""
-            nonlocal last_time, skipped
-            done_step, metrics = item
-            m = jax.device_get(metrics)
-            now = time.perf_counter()
-            step_time, last_time = now - last_time, now
-            loss = float(m["loss"])
-            record = {"step": done_step, "loss": loss, "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
-                      "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time}
-            if not bool(m["finite"]):
-                skipped += 1
-                record["skipped_nonfinite"] = skipped
-                if t.on_nonfinite == "halt":
-                    self.log.write(record)
-                    self.save(wait=True)
-                    raise NonFiniteLoss(f"non-finite loss or gradient at step {done_step} (update not applied); "
-                                        f"checkpoint saved at step {self.ts.step} in {self.checkpointer.directory}")
-            else:
-                record["loss_ema"] = ema.update(loss)
-            if peak:
-                record["mfu"] = record["tokens_per_s"] * flops / (peak * jax.device_count())
-            for key in ("muon_lr", "load_balance_loss", "router_z_loss", "expert_load"):
-                if key in m:
-                    record[key] = np.asarray(m[key]) if key == "expert_load" else float(m[key])
-            if done_step % t.log_every == 0 or done_step == t.steps:
+    def _record(self, done_step: int, metrics: dict) -> None:
+        """Read back one dispatched step's metrics, log them, react to a non-finite loss."""
+        t = self.cfg.train
+        m = jax.device_get(metrics)
+        now = time.perf_counter()
+        step_time, self.last_time = now - self.last_time, now
+        loss = float(m["loss"])
+        record = {"step": done_step, "loss": loss, "grad_norm": float(m["grad_norm"]),
+                  "step_time_s": step_time, "tokens_per_s": self.tokens_per_step / step_time}
+        record.update({k: float(v) if np.ndim(v) == 0 else np.asarray(v)
+                       for k, v in m.items() if k not in _STEP_FIELDS})
+        if not bool(m["finite"]):
+            self.skipped += 1
+            record["skipped_nonfinite"] = self.skipped
+            if t.on_nonfinite == "halt":
                 self.log.write(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", ema=f"{record.get('loss_ema', float('nan')):.4f}",
-                                lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
-            if os.environ.get(KILL_AT_STEP) == str(done_step):
-                os.kill(os.getpid(), signal.SIGKILL)
+                self.save(wait=True)
+                raise NonFiniteLoss(f"non-finite loss or gradient at step {done_step} (update not applied); "
+                                    f"checkpoint saved at step {self.ts.step} in {self.checkpointer.directory}")
+        else:
+            record["loss_ema"] = self.ema.update(loss)
+        if self.peak:
+            record["mfu"] = record["tokens_per_s"] * self.flops / (self.peak * jax.device_count())
+        if done_step % t.log_every == 0 or done_step == t.steps:
+            self.log.write(record)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", ema=f"{record.get('loss_ema', float('nan')):.4f}",
+                                 lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+        kill_if_asked(KILL_AT_STEP, done_step)  # tests only (mylm_jax/train/faults.py)
 
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+
+    def _evaluate_and_log(self, step: int) -> float | None:
+        result = self.evaluate()
+        if not result:
+            return None
+        self.log.write({"step": step, **result})
+        self._say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result["val_loss"]
+
+    def run(self) -> int:
+        """Train to train.steps (or until stopped); returns the last step."""
+        t = self.cfg.train
+        step = self.ts.step
+        stop = StopFlag()
+        stop.install()
+        self._start_progress()
+        pending = None  # (step, metrics) dispatched but not yet read back
         try:
-            if t.eval_at_start and self.data.has_val and step == 0 and (result := self.evaluate()):
-                self.log.write({"step": 0, **result})
-                if bar is not None:
-                    bar.write("step 0: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            if t.eval_at_start and self.data.has_val and step == 0:
+                self._evaluate_and_log(0)
             while step < t.steps and not stop.requested:
                 batch = shard_batch(next(self.loader), self.mesh, t.microbatches)
                 self.ts.state, metrics = self.train_step(self.ts.state, batch)
                 step += 1
                 if pending is not None:
-                    finish(pending)
+                    self._record(*pending)
                 pending = (step, metrics)
                 evaluating = self.data.has_val and t.eval_every and (step % t.eval_every == 0 or step == t.steps)
                 saving = (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps
-                if evaluating or saving or (t.sample_every and step % t.sample_every == 0):
-                    finish(pending)
+                sampling = t.sample_every and step % t.sample_every == 0
+                if evaluating or saving or sampling:
+                    self._record(*pending)
                     pending = None
-                    val = None
-                    if evaluating and (result := self.evaluate()):
-                        val = result["val_loss"]
-                        self.log.write({"step": step, **result})
-                        if bar is not None:
-                            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-                    if t.sample_every and step % t.sample_every == 0:
-                        text = self.sample()
-                        if text is not None and bar is not None:
-                            bar.write(f"step {step} sample: {text!r}")
-                            self.log.write({"step": step, "sample": text})
+                    val = self._evaluate_and_log(step) if evaluating else None
+                    if sampling and (text := self.sample()) is not None and self.bar is not None:
+                        self._say(f"step {step} sample: {text!r}")
+                        self.log.write({"step": step, "sample": text})
                     if saving:
                         self.save(val, wait=step == t.steps)
-                    last_time = time.perf_counter()  # the next step's time excludes eval, sample and save
+                    self.last_time = time.perf_counter()  # the next step's time excludes eval, sample and save
             if pending is not None:
-                finish(pending)
+                self._record(*pending)
             if stop.requested:
                 self.save(wait=True)
                 print(f"\n{stop.requested}: saved step {step} to {self.checkpointer.directory}; "
                       f"resume with --resume", flush=True)
         finally:
             stop.restore()
-            if bar is not None:
-                bar.close()
+            if self.bar is not None:
+                self.bar.close()
             self.checkpointer.wait()
             self.log.close()
         return step
@@ -293,6 +264,6 @@ class Trainer:
 def pretrain(cfg: Config, resume: bool = False) -> int:
     """Train to cfg.train.steps (or until stopped); returns the last step."""
     try:
-        return Trainer(cfg, PretrainData(cfg), resume).run()
+        return Trainer(cfg, ShardsSource(cfg), resume).run()
     except DataError as e:
         raise ConfigError(str(e)) from None

@@ -3,8 +3,8 @@
     metrics.jsonl   one JSON object per logged step: {"step", "loss", "loss_ema", "lr",
                     "grad_norm", "tokens_per_s", "mfu", "step_time_s", ...}; evals add
                     {"val_loss", "val_ppl", "val_bpb"}. `mylm plot` and the studies read it.
-    tb/             the same scalars for TensorBoard (tensorboardX), experts' load as
-                    `expert_load/layer{i}/expert{e}`.
+    tb/             the same scalars for TensorBoard (tensorboardX); an array metric
+                    element by element, e.g. experts' load as `expert_load/{layer}/{expert}`.
 
 MFU (model FLOPs utilisation) = achieved model FLOPs / peak FLOPs
     = tokens/s x training FLOPs per token (6N + attention, mylm_jax/model/accounting.py)
@@ -51,11 +51,12 @@ class EMA:
 
 
 def _scalars(record: dict):
+    """TensorBoard's scalars: an array metric (MoE's expert_load [layers, experts], say) is
+    written element by element, its tag the name and the index: expert_load/1/3."""
     for key, value in record.items():
-        if key == "expert_load":
-            for layer, row in enumerate(np.asarray(value)):
-                for expert, load in enumerate(row):
-                    yield f"expert_load/layer{layer}/expert{expert}", float(load)
+        if isinstance(value, np.ndarray):
+            for index in np.ndindex(value.shape):
+                yield "/".join([key, *map(str, index)]), float(value[index])
         elif isinstance(value, (int, float, np.floating, np.integer)) and key != "step":
             yield key, float(value)
 

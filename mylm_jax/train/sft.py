@@ -2,7 +2,7 @@
 
     the pretrained run (sft.init_from)  ->  its model config, tokenizer and weights
     sft.data (alpaca / messages / conversations JSON)  ->  chat template, assistant-only
-        loss mask, packed rows  (mylm_jax/data/sft.py)
+        loss mask, packed rows, a seeded val split  (mylm_jax/data/sft.py, sources.py)
     the pretraining Trainer (same step, checkpoints, resume, logs), with an SFT val split
 
 The optimizer starts fresh by default (`sft.optimizer: continue` reuses the pretrained
@@ -17,47 +17,21 @@ instead of a random vector whose logit could dominate or vanish.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from mylm_jax.config import Config, ConfigError, config_from_dict
-from mylm_jax.data.errors import DataError, SkipLog
-from mylm_jax.data.pretrain import LoaderConfig
-from mylm_jax.data.sft import SFTExamples, sft_loader
-from mylm_jax.optim.grouping import path_name
+from mylm_jax.config import Config, ConfigError
+from mylm_jax.data.errors import DataError
+from mylm_jax.data.sources import SFTSource
+from mylm_jax.model.params import path_name
 from mylm_jax.parallel import make_mesh
 from mylm_jax.tokenizer import Tokenizer
 from mylm_jax.tokenizer.specials import CHAT_TOKENS
-from mylm_jax.train.checkpoint import Checkpointer
-from mylm_jax.train.loop import Trainer, tokenizer_identity
-from mylm_jax.train.state import restore_target
+from mylm_jax.train.loop import Trainer
+from mylm_jax.train.run_dir import RunDir
 
 VOCAB_AXIS = {"embed": 0, "lm_head": 1}  # the parameters that grow with the vocabulary
-
-
-class SFTData:
-    """Rendered conversations split into train and val (seeded), as the Trainer's data."""
-
-    def __init__(self, cfg: Config, tokenizer: Tokenizer):
-        if not cfg.sft.data:
-            raise ConfigError("sft.data is empty: list the JSON / JSONL files of conversations")
-        self.tokenizer, self.packing = tokenizer, cfg.sft.packing
-        self.identity = tokenizer_identity(tokenizer, "")
-        examples = SFTExamples.load(list(cfg.sft.data), tokenizer, cfg.data.seq_len, SkipLog())
-        self.report = examples.report()
-        order = np.random.default_rng(cfg.data.seed).permutation(len(examples))
-        n_val = int(round(cfg.sft.val_fraction * len(examples)))
-        self.val, self.train = examples.subset(order[:n_val]), examples.subset(order[n_val:])
-        self.has_val = len(self.val) > 0
-        r = self.report
-        print(f"sft data: {r['records']} records, {r['kept']} kept ({len(self.train)} train, {len(self.val)} val), "
-              f"{r['skipped']['skipped']} skipped, {r['dropped_empty_mask']} with nothing to learn after "
-              f"truncation to {cfg.data.seq_len}; {r['loss_tokens']:,} trained tokens", flush=True)
-
-    def loader(self, split: str, loader_cfg: LoaderConfig):
-        return sft_loader(self.train if split == "train" else self.val, loader_cfg, self.packing)
 
 
 def with_chat_tokens(tokenizer: Tokenizer, extend: bool, where: str) -> Tokenizer:
@@ -77,14 +51,11 @@ def _grow(old: np.ndarray, new_shape: tuple, axis: int) -> np.ndarray:
     return np.concatenate([old, np.repeat(mean, extra, axis=axis)], axis=axis)
 
 
-def pretrained_init(run_dir: str, step: int, cfg: Config, keep_optimizer: bool):
+def pretrained_init(base: RunDir, step: int, cfg: Config, keep_optimizer: bool):
     """A function that loads the pretrained run's weights into a freshly created TrainState."""
-    ckpt = Checkpointer(run_dir, read_only=True)
-    step = ckpt.latest_step() if step < 0 else step
-    old_cfg = config_from_dict(ckpt.read_meta(step)["config"])
-    old_cfg = dataclasses.replace(old_cfg, mesh=cfg.mesh)
-    _, target = restore_target(old_cfg, make_mesh(cfg.mesh))
-    old_state, _, _ = ckpt.restore(step, target)
+    old_cfg = dataclasses.replace(base.config(step), mesh=cfg.mesh)
+    old, _ = base.restore(step, old_cfg, make_mesh(cfg.mesh), check=False)
+    old_state = old.state
     grown = old_cfg.model.vocab_size != cfg.model.vocab_size
     if keep_optimizer and grown:
         raise ConfigError("sft.optimizer=continue cannot be used with a grown vocabulary (the moments' shapes differ)")
@@ -106,7 +77,7 @@ def pretrained_init(run_dir: str, step: int, cfg: Config, keep_optimizer: bool):
             return jax.device_put(value, leaf.sharding)
 
         ts.state = jax.tree_util.tree_map_with_path(take, ts.state)
-        print(f"initialised from {run_dir} step {step}" + (" (vocabulary grown)" if grown else ""), flush=True)
+        print(f"initialised from {base.path} step {step}" + (" (vocabulary grown)" if grown else ""), flush=True)
 
     return init
 
@@ -114,22 +85,18 @@ def pretrained_init(run_dir: str, step: int, cfg: Config, keep_optimizer: bool):
 def sft(cfg: Config, resume: bool = False) -> int:
     if not cfg.sft.init_from:
         raise ConfigError("sft.init_from is empty: name the pretraining run directory to fine-tune")
-    base = Checkpointer(cfg.sft.init_from, read_only=True)
-    if base.latest_step() is None:
-        raise ConfigError(f"sft.init_from={cfg.sft.init_from}: no checkpoint there")
-    meta = base.read_meta(None if cfg.sft.init_step < 0 else cfg.sft.init_step)
-    path = Path(cfg.sft.init_from) / "tokenizer.json"
-    tokenizer = Tokenizer.load(path if path.is_file() else meta["tokenizer"]["path"])
-    tokenizer = with_chat_tokens(tokenizer, cfg.sft.extend_vocab, cfg.sft.init_from)
-    model = config_from_dict(meta["config"]).model
+    base = RunDir.open(cfg.sft.init_from)
+    step = base.step(None if cfg.sft.init_step < 0 else cfg.sft.init_step)
+    tokenizer = with_chat_tokens(base.tokenizer(step), cfg.sft.extend_vocab, cfg.sft.init_from)
+    model = base.config(step).model
     model = dataclasses.replace(model, vocab_size=max(model.vocab_size, tokenizer.vocab_size))
     if cfg.data.seq_len > model.max_seq_len:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds the pretrained model's max_seq_len="
                           f"{model.max_seq_len}")
     cfg = dataclasses.replace(cfg, model=model)
     try:
-        data = SFTData(cfg, tokenizer)
-        init = pretrained_init(cfg.sft.init_from, cfg.sft.init_step, cfg, cfg.sft.optimizer == "continue")
+        data = SFTSource(cfg, tokenizer)
+        init = pretrained_init(base, step, cfg, cfg.sft.optimizer == "continue")
         return Trainer(cfg, data, resume, init).run()
     except DataError as e:
         raise ConfigError(str(e)) from None

@@ -2,14 +2,15 @@
 
 One optimizer step on a batch split into M microbatches (gradient accumulation):
 
-    N      = number of valid target tokens in the whole batch (loss_mask summed)
-    J_m    = (sum of token losses of microbatch m) / N  +  (w_lb * LB_m + w_z * Z_m) / M
     grads  = sum over m of dJ_m/dparams          (lax.scan over microbatches)
     loss   = sum over m of token losses / N      (token-weighted, never a mean of means)
 
-so every token weighs the same however the batch is split. LB and Z are the MoE
-load-balancing and router z-losses (mylm_jax/model/moe.py). Clipping, the schedules and
-the AdamW / Muon updates happen in the optimizer (mylm_jax/optim/build.py).
+with J_m the objective of mylm_jax/train/loss.py (cross-entropy plus the model's
+weighted extra terms), so every token weighs the same however the batch is split.
+Clipping, the schedules and the AdamW / Muon updates happen in the optimizer
+(mylm_jax/optim/build.py). The model's extra loss terms and metrics come back in the
+metrics under their own names (a term `t` as `t_loss`), averaged over the microbatches:
+the step never names them.
 
 Mixed precision: parameters and optimizer state stay float32; the model computes in
 `model.dtype` (bfloat16 matmul inputs, float32 accumulation and softmax/loss).
@@ -22,51 +23,50 @@ new state, so a step needs memory for one state, not two.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mylm_jax.config import Config
 from mylm_jax.optim.adamw import global_norm
-from mylm_jax.optim.schedules import lr_schedule
-from mylm_jax.train.loss import cross_entropy_sum
+from mylm_jax.train.loss import cross_entropy_sum, loss_weights, objective
+from mylm_jax.train.state import TrainState
 
 
 def _model_outputs(model, mb):
     return model(mb["inputs"], mb["segment_ids"], mb["positions"])
 
 
-def make_train_step(cfg: Config, graphdef, shardings, total_steps: int | None = None):
-    M = cfg.train.microbatches
-    w_lb, w_z = cfg.model.moe_aux_loss_weight, cfg.model.moe_z_loss_weight
-    lr_at = lr_schedule(cfg.optim, total_steps or cfg.train.steps)
-    muon_lr_at = lr_schedule(dataclasses.replace(cfg.optim, lr=cfg.optim.muon_lr), total_steps or cfg.train.steps)
+def make_train_step(cfg: Config, ts: TrainState):
+    """(state, batch [M, B / M, T] per field) -> (new state, metrics); jitted, state donated.
 
-    def step(state, batch):  # batch: dict of [M, B / M, T]
+    The metrics hold the learning rates the optimizer applied at this step (its own
+    schedules, TrainState.schedules)."""
+    graphdef, schedules, M = ts.graphdef, ts.schedules, cfg.train.microbatches
+    weights = loss_weights(cfg.loss)
+
+    def step(state, batch):
         old_leaves = jax.tree.leaves(state)  # before merge: the optimizer updates merged Variables in place
         model, optimizer = nnx.merge(graphdef, state)
         model_def, params, rest = nnx.split(model, nnx.Param, ...)
         n_tokens = jnp.maximum(batch["loss_mask"].sum(), 1.0)
 
-        def objective(params, mb):
-            logits, aux = _model_outputs(nnx.merge(model_def, params, rest), mb)
-            loss_sum, _ = cross_entropy_sum(logits, mb["targets"], mb["loss_mask"])
-            value = loss_sum / n_tokens
-            if aux:
-                value = value + (w_lb * aux["load_balance_loss"] + w_z * aux["router_z_loss"]) / M
-            return value, (loss_sum, aux)
+        def microbatch_objective(params, mb):
+            outputs = _model_outputs(nnx.merge(model_def, params, rest), mb)
+            value, loss_sum = objective(outputs, mb, weights, n_tokens, M)
+            return value, (loss_sum, outputs[1])
 
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-        microbatch = lambda m: jax.tree.map(lambda x: x[m], batch)  # noqa: E731
-        (_, (loss_sum, aux)), grads = grad_fn(params, microbatch(0))
-        if M > 1:
-            def accumulate(carry, mb):
-                (_, (l, a)), g = grad_fn(params, mb)
-                return jax.tree.map(jnp.add, carry, (g, l, a)), None
-            rest_batches = jax.tree.map(lambda x: x[1:], batch)
-            (grads, loss_sum, aux), _ = jax.lax.scan(accumulate, (grads, loss_sum, aux), rest_batches)
+        grad_fn = jax.value_and_grad(microbatch_objective, has_aux=True)
+
+        def accumulate(carry, mb):
+            (_, (l, a)), g = grad_fn(params, mb)
+            return jax.tree.map(jnp.add, carry, (g, l, a)), None
+
+        # One scan over all M microbatches, from zeros: the gradient is traced and compiled
+        # once (with M = 1, XLA removes the one-trip loop and the additions of zero).
+        (_, (loss_shape, aux_shape)), grads_shape = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], batch))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, loss_shape, aux_shape))
+        (grads, loss_sum, aux), _ = jax.lax.scan(accumulate, zeros, batch)
 
         loss = loss_sum / n_tokens
         grad_norm = global_norm(grads)
@@ -77,15 +77,12 @@ def make_train_step(cfg: Config, graphdef, shardings, total_steps: int | None = 
         leaves, treedef = jax.tree.flatten(new_state)
         new_state = treedef.unflatten([jnp.where(finite, new, old) for new, old in zip(leaves, old_leaves)])
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "tokens": n_tokens,
-                   "lr": lr_at(step_index)}
-        if cfg.optim.name == "muon":
-            metrics["muon_lr"] = muon_lr_at(step_index)
-        if aux:
-            metrics.update(load_balance_loss=aux["load_balance_loss"] / M, router_z_loss=aux["router_z_loss"] / M,
-                           expert_load=aux["expert_load"] / M)
+                   **{name: schedule(step_index) for name, schedule in schedules.items()},
+                   **{f"{name}_loss": term / M for name, term in aux.get("losses", {}).items()},
+                   **{name: value / M for name, value in aux.get("metrics", {}).items()}}
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
+    return jax.jit(step, donate_argnums=0, out_shardings=(ts.shardings, None))
 
 
 def make_eval_step(graphdef):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 
 from mylm_jax.data.clean import DEFAULT_SPEC
+from mylm_jax.data.prepare import PrepareSettings, prepare
+from mylm_jax.data.shards import TokenShards, read_metadata
+from mylm_jax.tokenizer import Tokenizer
 
 
 def add_parser(subparsers) -> None:
@@ -59,9 +62,6 @@ def format_report(meta: dict) -> str:
 
 
 def run(args) -> None:
-    from mylm_jax.data.prepare import PrepareSettings, prepare
-    from mylm_jax.data.shards import TokenShards, read_metadata
-
     if args.data_command == "prepare":
         settings = PrepareSettings(
             inputs=tuple(args.inputs), out_dir=args.out, tokenizer=args.tokenizer, field=args.field,
@@ -80,7 +80,6 @@ def run(args) -> None:
     print(f"tokenizer {meta['tokenizer']['path']} (fingerprint {meta['tokenizer']['fingerprint'][:16]}...)")
     shards = TokenShards.open(args.data_dir, "train")
     if shards.num_documents:
-        from mylm_jax.tokenizer import Tokenizer
         try:
             text = Tokenizer.load(meta["tokenizer"]["path"]).decode(shards.document(0)[:64].tolist())
             print(f"first train document, 64 tokens: {text!r}")

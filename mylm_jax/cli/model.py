@@ -1,4 +1,4 @@
-"""The `mylm` command.
+"""`mylm config | params | optim`: what a config builds, before anything is trained.
 
     mylm config --config configs/gpt2_tiny.yaml [section.key=value ...]
         print the resolved, validated config as YAML
@@ -8,38 +8,14 @@
     mylm optim --config configs/moe_tiny.yaml optim.name=muon
         print the optimizer grouping: each parameter's kind, optimizer (AdamW or Muon),
         Muon's matrix view, lr multiplier, peak lr and weight decay
-    mylm tokenizer train | encode | decode | export-hf | inspect ...
-        the byte-level BPE tokenizer (see mylm_jax/tokenizer/cli.py)
-    mylm data prepare INPUT... --tokenizer TOK --out DIR | inspect DIR
-        token shards from raw text (see mylm_jax/data/cli.py)
-    mylm pretrain --config CONFIG [overrides] [--resume] | --continue RUN_DIR [overrides]
-    mylm checkpoint show RUN_DIR | set-config RUN_DIR overrides     (see mylm_jax/train/cli.py)
-    mylm sft --config configs/sft_X.yaml [overrides] [--resume]         (see mylm_jax/train/sft.py)
-    mylm generate --checkpoint RUN_DIR --prompt TEXT | chat --checkpoint RUN_DIR  (mylm_jax/chat.py)
-    mylm plot RUN_DIR [RUN_DIR ...] [--x tokens]      figures of runs' logs (mylm_jax/studies/plot.py)
-    mylm search --config CONFIG --space space.yaml    Optuna search (mylm_jax/studies/search.py)
-
-A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import math
-import sys
 
-from mylm_jax.config import Config, ConfigError, dump_config, load_config
-from mylm_jax.data.errors import DataError
-from mylm_jax.tokenizer.errors import TokenizerError
-
-USER_ERRORS = (ConfigError, DataError, TokenizerError)
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: the built-in defaults)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="override config values, e.g. model.n_layers=2 optim.lr=3e-4")
+from mylm_jax.cli.common import add_config_args
+from mylm_jax.config import Config, dump_config, load_config
 
 
 def cmd_config(cfg: Config, args) -> None:
@@ -96,33 +72,10 @@ COMMANDS = {
 }
 
 
-# Commands with their own arguments: each module's add_parser(subparsers) registers its
-# commands, and run(args) executes any of them.
-MODULES = ("mylm_jax.tokenizer.cli", "mylm_jax.data.cli", "mylm_jax.train.cli", "mylm_jax.chat",
-           "mylm_jax.studies.plot", "mylm_jax.studies.search")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mylm", description="MyLM: train language models in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(subparsers) -> None:
     for name, (_, help_text) in COMMANDS.items():
-        _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
-    owner = {}
-    for module in MODULES:
-        before = set(sub.choices)
-        importlib.import_module(module).add_parser(sub)
-        owner.update({name: module for name in set(sub.choices) - before})
-    args = parser.parse_args(argv)
-    try:
-        if args.command in owner:
-            importlib.import_module(owner[args.command]).run(args)
-        else:
-            COMMANDS[args.command][0](load_config(args.config, args.overrides), args)
-    except USER_ERRORS as e:  # a user's mistake: one line, no traceback
-        print(f"mylm: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        add_config_args(subparsers.add_parser(name, help=help_text, description=help_text))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run(args) -> None:
+    COMMANDS[args.command][0](load_config(args.config, args.overrides), args)

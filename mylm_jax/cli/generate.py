@@ -14,9 +14,11 @@ conversation no longer fits the model's context with room for the answer.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from mylm_jax.cli.common import quiet_libraries
 from mylm_jax.config import ConfigError
+from mylm_jax.tokenizer.chat import fit_history
+from mylm_jax.tokenizer.specials import BOS
 
 
 def add_sampling_args(p) -> None:
@@ -38,34 +40,6 @@ def add_parser(subparsers) -> None:
     c = subparsers.add_parser("chat", help="talk to an SFT model (multi-turn, /reset, /exit)")
     add_sampling_args(c)
     c.add_argument("--system", default="", help="a system message at the start of every conversation")
-
-
-def load_model(run_dir: str, step: int | None = None):
-    """(model, config, tokenizer) of a run's checkpoint, on one device."""
-    import dataclasses
-
-    from flax import nnx
-
-    from mylm_jax.config import MeshConfig, config_from_dict
-    from mylm_jax.parallel import make_mesh
-    from mylm_jax.tokenizer import Tokenizer
-    from mylm_jax.train.checkpoint import Checkpointer
-    from mylm_jax.train.state import restore_target
-
-    if not (Path(run_dir) / "checkpoints").is_dir():
-        raise ConfigError(f"{run_dir}: no checkpoints/ directory (not a run directory?)")
-    ckpt = Checkpointer(run_dir, read_only=True)
-    step = ckpt.latest_step() if step is None else step
-    if step is None or step not in ckpt.all_steps():
-        raise ConfigError(f"{run_dir}: no checkpoint at step {step} (kept: {ckpt.all_steps()})")
-    meta = ckpt.read_meta(step)
-    cfg = dataclasses.replace(config_from_dict(meta["config"]), mesh=MeshConfig(data=1))
-    template, target = restore_target(cfg, make_mesh(cfg.mesh))
-    state, _, _ = ckpt.restore(step, target)
-    model, _ = nnx.merge(template.graphdef, state)
-    path = Path(run_dir) / "tokenizer.json"
-    tokenizer = Tokenizer.load(path if path.is_file() else meta["tokenizer"]["path"])
-    return model, cfg, tokenizer
 
 
 class Streamer:
@@ -94,11 +68,12 @@ def _sampling(args, stop_tokens=()):
 
 def cmd_generate(args) -> None:
     from mylm_jax.generate import Generator
+    from mylm_jax.train.run_dir import RunDir
 
-    model, cfg, tok = load_model(args.checkpoint, args.step)
-    start = tok.special_tokens.get("<|bos|>", tok.special_tokens.get("<|endoftext|>"))
-    prompt = tok.encode(args.prompt) if args.prompt else [start]
-    generator = Generator(model, _sampling(args, [tok.special_tokens["<|endoftext|>"]]))
+    model, cfg, tok = RunDir.open(args.checkpoint).load_model(args.step)
+    bos = tok.bos_id if BOS in tok.special_tokens else tok.eos_id  # an empty prompt starts a document
+    prompt = tok.encode(args.prompt) if args.prompt else [bos]
+    generator = Generator(model, _sampling(args, [tok.eos_id]))
     print(args.prompt, end="", flush=True)
     outputs = generator([prompt] * args.num_samples, Streamer(tok))
     print()
@@ -106,23 +81,11 @@ def cmd_generate(args) -> None:
         print(f"--- sample {i} ---\n{args.prompt}{tok.decode(ids)}")
 
 
-def fit_history(tok, messages: list[dict], room: int) -> tuple[list[int], list[dict]]:
-    """Render the conversation + "<|assistant|>", dropping the oldest turns (never the system
-    message or the last user turn) until it fits in `room` tokens."""
-    system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = messages[len(system):]
-    while True:
-        ids, _ = tok.render(system + turns)
-        ids = ids + [tok.special_tokens["<|assistant|>"]]
-        if len(ids) <= room or len(turns) <= 1:
-            return ids[-room:], system + turns
-        turns = turns[2:] if len(turns) > 2 else turns[1:]
-
-
 def cmd_chat(args, lines=None) -> None:
     from mylm_jax.generate import Generator
+    from mylm_jax.train.run_dir import RunDir
 
-    model, cfg, tok = load_model(args.checkpoint, args.step)
+    model, cfg, tok = RunDir.open(args.checkpoint).load_model(args.step)
     if not tok.has_chat_tokens:
         raise ConfigError(f"{args.checkpoint}: the tokenizer has no chat tokens; chat needs an SFT run")
     generator = Generator(model, _sampling(args, [tok.end_of_turn_id, tok.eos_id]))
@@ -161,7 +124,5 @@ def cmd_chat(args, lines=None) -> None:
 
 
 def run(args) -> None:
-    from mylm_jax.train.cli import _quiet_libraries
-
-    _quiet_libraries()
+    quiet_libraries()
     cmd_generate(args) if args.command == "generate" else cmd_chat(args)

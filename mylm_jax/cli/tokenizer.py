@@ -6,7 +6,9 @@
     mylm tokenizer export-hf --tokenizer tok.json --out tokenizer.json
     mylm tokenizer inspect --tokenizer tok.json
 
-User mistakes raise TokenizerError; `mylm_jax.cli` prints it as one line and exits with 2.
+User mistakes raise TokenizerError; `mylm` prints it as one line and exits with 2. The
+training texts come through the data pipeline's readers, so any input `mylm data
+prepare` reads (Parquet, directories, globs, URLs, templates) trains a tokenizer too.
 """
 
 from __future__ import annotations
@@ -16,26 +18,21 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mylm_jax.tokenizer.errors import TokenizerError
-from mylm_jax.tokenizer.patterns import PRESET_PATTERNS
+from mylm_jax.data.errors import SkipLog
+from mylm_jax.data.readers import TextSelector, read_documents
+from mylm_jax.tokenizer import PRESET_PATTERNS, Tokenizer, TokenizerError, train_tokenizer
 
 
 def read_training_texts(args, log) -> Iterator[str]:
     """Texts from any input the data pipeline reads (mylm_jax/data/readers.py): files,
     directories, globs, URLs; .txt / .json / .jsonl / .parquet; a field or a template.
     Bad records are skipped and counted in `log` (or stop the run with --on-error fail)."""
-    from mylm_jax.data.readers import TextSelector, read_documents
-
     selector = TextSelector(args.field, args.template.replace("\\n", "\n") if args.template else None)
     for doc in read_documents(args.input, selector, log, txt_split=args.txt_split):
         yield doc.text
 
 
 def cmd_train(args) -> None:
-    from mylm_jax.tokenizer.train import train_tokenizer
-
-    from mylm_jax.data.errors import SkipLog
-
     log = SkipLog(args.on_error)
     texts = read_training_texts(args, log)
     tokenizer = train_tokenizer(texts, args.vocab_size, args.pattern, min_frequency=args.min_frequency,
@@ -46,9 +43,7 @@ def cmd_train(args) -> None:
         print(f"inputs: {log.summary()}")
 
 
-def _load(args):
-    from mylm_jax.tokenizer.tokenizer import Tokenizer
-
+def _load(args) -> Tokenizer:
     return Tokenizer.load(args.tokenizer)
 
 

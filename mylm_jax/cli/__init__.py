@@ -1,0 +1,42 @@
+"""The `mylm` command: one module per command group, each with add_parser(subparsers) and run(args).
+
+    mylm config | params | optim --config X [overrides]       the config, the model, the grouping  (model.py)
+    mylm tokenizer train | encode | decode | export-hf | inspect   the BPE tokenizer        (tokenizer.py)
+    mylm data prepare INPUT... | inspect DIR                  token shards from raw text        (data.py)
+    mylm pretrain | sft | checkpoint show | set-config         training and its run directories  (train.py)
+    mylm generate | chat --checkpoint RUN_DIR                 a trained model, in a terminal    (generate.py)
+    mylm plot RUN_DIR... | search --config X --space S        the studies' commands             (studies.py)
+
+This package is the top floor: it imports from every layer below and nothing imports it.
+Each module imports heavy libraries (jax, orbax, grain) inside its commands, so
+`mylm --help` and a mistyped command answer at once.
+
+A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mylm_jax.cli import data, generate, model, studies, tokenizer, train
+from mylm_jax.cli.common import USER_ERRORS
+
+GROUPS = (model, tokenizer, data, train, generate, studies)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mylm", description="MyLM: train language models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    owner = {}
+    for group in GROUPS:
+        before = set(sub.choices)
+        group.add_parser(sub)
+        owner.update({name: group for name in set(sub.choices) - before})
+    args = parser.parse_args(argv)
+    try:
+        owner[args.command].run(args)
+    except USER_ERRORS as e:  # a user's mistake: one line, no traceback
+        print(f"mylm: error: {e}", file=sys.stderr)
+        return 2
+    return 0
