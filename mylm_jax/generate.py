@@ -11,7 +11,18 @@ Batches of prompts are left-padded to one length: every row writes its next toke
 the same cache slot, and the pad slots are marked invalid so no query attends to them.
 Row b's token in slot s has position s - pad_b (for RoPE or learned positions).
 
+Context. Prompt and new tokens share the model's context of max_seq_len positions
+(`fit_to_context`, the longest prompt of a batch decides):
+    prompt + max_new_tokens fits    everything, as asked
+    the prompt fits                 the whole prompt; max_new_tokens reduced to the room left,
+                                    as long as that leaves at least min(max_new_tokens, 16)
+    otherwise                       the prompt's last (max_seq_len - that minimum) tokens, and the
+                                    minimum of new tokens
+Whenever it reduces or cuts anything, the Generator says so in one line (`on_note`).
+
 Sampling, on the float32 logits of the last position, in this order:
+    vocabulary limit    ids >= vocab_limit (a vocabulary padded past the tokenizer's, e.g.
+                        GPT-2's 50257 ids in 50304 rows) get -inf: they are never sampled
     repetition penalty  (CTRL, Keskar et al. 2019) for every token already in the row
                         (prompt or generated): z -> z / p if z > 0 else z * p
     temperature         z / t; t = 0 is greedy (argmax)
@@ -20,10 +31,13 @@ Sampling, on the float32 logits of the last position, in this order:
                         reaches p (the token that crosses p is kept)
     draw                a categorical sample with a key split from `seed` per step
 A row stops at any of `stop_tokens` (kept in the output) or after max_new_tokens.
+Every setting is range-checked once, in SamplingConfig, for the CLI and Python callers alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -32,18 +46,69 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mylm_jax.config import ConfigError, check_fields
 from mylm_jax.model.attention import init_cache
+
+# A prompt is cut rather than leave fewer new tokens than this (or than max_new_tokens, if fewer).
+MIN_NEW_TOKENS = 16
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     max_new_tokens: int = 64
-    temperature: float = 0.8
+    temperature: float = 0.8  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     repetition_penalty: float = 1.0  # 1: off
     stop_tokens: tuple[int, ...] = ()
     seed: int = 0
+    # Ids >= vocab_limit are never sampled: set it to the tokenizer's vocab_size, which may be
+    # smaller than the model's (padded) vocabulary. None: every id of the model. The Generator
+    # lowers it to the model's vocab_size.
+    vocab_limit: int | None = None
+
+    # The notation of mylm_jax/config/validation.py's RANGES. A repetition penalty of 0 would divide by 0.
+    RANGES = {"max_new_tokens": "> 0", "temperature": ">= 0", "top_k": ">= 0", "top_p": "(0, 1]",
+              "repetition_penalty": "> 0", "seed": "[0, 2**63)", "vocab_limit": "> 0"}
+
+    def __post_init__(self):
+        # Errors name the field and the `mylm generate` flag: "top_p (--top-p) must be in (0, 1], got 2.0"
+        check_fields(self, lambda key: f"{key} (--{key.replace('_', '-')})")
+        if self.vocab_limit is not None and self.top_k > self.vocab_limit:
+            raise ConfigError(f"top_k (--top-k) must be at most the vocabulary's {self.vocab_limit} ids, "
+                              f"got {self.top_k}")
+
+    def for_vocab(self, vocab_size: int) -> "SamplingConfig":
+        """These settings for a model of `vocab_size` rows (re-checked: top_k against the vocabulary)."""
+        limit = vocab_size if self.vocab_limit is None else min(self.vocab_limit, vocab_size)
+        return dataclasses.replace(self, vocab_limit=limit)
+
+
+def fit_to_context(prompt_len: int, max_new_tokens: int, context: int) -> tuple[int, int, str | None]:
+    """(prompt tokens kept, new tokens, a note or None) for a prompt in a context of `context`
+    positions; the rule is in the module docstring. Prompt kept + new tokens <= context."""
+    if prompt_len + max_new_tokens <= context:
+        return prompt_len, max_new_tokens, None
+    minimum = max(1, min(max_new_tokens, MIN_NEW_TOKENS, context - 1))  # at least one prompt token stays
+    room = context - prompt_len
+    if room >= minimum:
+        return prompt_len, room, (f"generating {room} new tokens, not {max_new_tokens}: the prompt's "
+                                  f"{prompt_len} tokens leave room for {room} in the model's context of {context}")
+    keep = max(1, context - minimum)
+    return keep, minimum, (f"the prompt's {prompt_len} tokens and {max_new_tokens} new ones exceed the model's "
+                           f"context of {context}: dropped its first {prompt_len - keep} tokens, kept the last "
+                           f"{keep}, generating {minimum}")
+
+
+def note_to_stderr(text: str) -> None:
+    print(f"mylm: note: {text}", file=sys.stderr, flush=True)
+
+
+def mask_ids_from(logits_BV: jax.Array, limit: int) -> jax.Array:
+    """-inf for every id >= limit: rows of a padded vocabulary that no tokenizer id stands for."""
+    if limit >= logits_BV.shape[-1]:
+        return logits_BV
+    return jnp.where(jnp.arange(logits_BV.shape[-1]) < limit, logits_BV, -jnp.inf)
 
 
 def apply_repetition_penalty(logits_BV: jax.Array, seen_BV: jax.Array, penalty: float) -> jax.Array:
@@ -68,6 +133,8 @@ def top_p_filter(logits_BV: jax.Array, p: float) -> jax.Array:
 
 def sample_next(logits_BV: jax.Array, key, seen_BV: jax.Array, s: SamplingConfig) -> jax.Array:
     logits_BV = logits_BV.astype(jnp.float32)
+    if s.vocab_limit is not None:
+        logits_BV = mask_ids_from(logits_BV, s.vocab_limit)
     if s.repetition_penalty != 1.0:
         logits_BV = apply_repetition_penalty(logits_BV, seen_BV, s.repetition_penalty)
     if s.temperature <= 0:
@@ -81,10 +148,15 @@ def sample_next(logits_BV: jax.Array, key, seen_BV: jax.Array, s: SamplingConfig
 
 
 class Generator:
-    """Jitted prefill and decode step for one model; reuse it across calls (compiled once per shape)."""
+    """Jitted prefill and decode step for one model; reuse it across calls (compiled once per shape).
 
-    def __init__(self, model: nnx.Module, sampling: SamplingConfig):
-        self.cfg, self.sampling = model.cfg, sampling
+    on_note(text) hears when a prompt is cut or fewer new tokens fit (default: one line on stderr).
+    """
+
+    def __init__(self, model: nnx.Module, sampling: SamplingConfig,
+                 on_note: Callable[[str], None] = note_to_stderr):
+        sampling = sampling.for_vocab(model.cfg.vocab_size)
+        self.cfg, self.sampling, self.on_note = model.cfg, sampling, on_note
         self.graphdef, self.state = nnx.split(model)
         V = self.cfg.vocab_size
 
@@ -106,12 +178,17 @@ class Generator:
         """Continue every prompt; `on_tokens(tokens_B, active_B)` sees each step's tokens (streaming)."""
         s, cfg = self.sampling, self.cfg
         if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
+            raise ConfigError("every prompt needs at least one token")
+        bad = [i for p in prompts for i in p if not 0 <= i < cfg.vocab_size]
+        if bad:
+            raise ConfigError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {cfg.vocab_size})")
         B = len(prompts)
-        S = min(cfg.max_seq_len, max(len(p) for p in prompts) + s.max_new_tokens)
-        keep = max(1, S - s.max_new_tokens)  # prompts longer than this keep their last tokens
+        keep, new_tokens, note = fit_to_context(max(len(p) for p in prompts), s.max_new_tokens, cfg.max_seq_len)
+        if note:
+            self.on_note(note)
         prompts = [list(p)[-keep:] for p in prompts]
         T = max(len(p) for p in prompts)
+        S = T + new_tokens  # cache slots: <= max_seq_len (the last new token is never fed back)
         pads = np.array([T - len(p) for p in prompts])
         tokens = np.zeros((B, T), np.int32)
         for b, p in enumerate(prompts):
@@ -130,14 +207,14 @@ class Generator:
         out = [[] for _ in range(B)]
         active = np.ones(B, bool)
         stops = set(s.stop_tokens)
-        for i in range(min(s.max_new_tokens, S - T + 1)):
+        for i in range(new_tokens):
             host_token = np.asarray(token)
             for b in np.flatnonzero(active):
                 out[b].append(int(host_token[b]))
             if on_tokens is not None:
                 on_tokens(host_token, active.copy())
             active &= ~np.isin(host_token, list(stops)) if stops else True
-            if not active.any() or i == s.max_new_tokens - 1 or T + i >= S:
+            if not active.any() or i == new_tokens - 1:
                 break
             key, sub = jax.random.split(key)
             position = jnp.asarray((T + i - pads).astype(np.int32))
@@ -146,8 +223,8 @@ class Generator:
 
 
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], sampling: SamplingConfig = SamplingConfig(),
-             on_tokens=None) -> list[list[int]]:
-    return Generator(model, sampling)(prompts, on_tokens)
+             on_tokens=None, on_note: Callable[[str], None] = note_to_stderr) -> list[list[int]]:
+    return Generator(model, sampling, on_note)(prompts, on_tokens)
 
 
 def generate_uncached(model: nnx.Module, prompt: Sequence[int], sampling: SamplingConfig) -> list[int]:
@@ -155,6 +232,7 @@ def generate_uncached(model: nnx.Module, prompt: Sequence[int], sampling: Sampli
     baseline of scripts/bench_generate.py; also what a model without `decode` would need)."""
     graphdef, state = nnx.split(model)
     T = model.cfg.max_seq_len
+    sampling = sampling.for_vocab(model.cfg.vocab_size)
 
     @jax.jit
     def next_token(state, window_1T, length, key, seen_1V):

@@ -70,15 +70,13 @@ def train_one(args, data_path: str, variant: str, optimizer: str, seed: int) -> 
 
     name = f"{variant}-{optimizer}-seed{seed}"
     out = Path(args.out) / "runs" / name
-    if (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a rerun starts the log afresh
     cfg = study_config(data_path, out, variant_model(variant, args.d_model, args.layers, args.heads),
                        {**OPTIM[optimizer], "lr": args.lr, "warmup_steps": max(1, args.steps // 15)},
                        {"steps": args.steps, "batch_size": args.batch, "seed": seed, "log_every": 5,
                         "eval_every": args.eval_every},
                        seq_len=args.seq_len, data={"seed": seed})
     start = time.perf_counter()
-    pretrain(cfg)
+    pretrain(cfg, overwrite=True)  # a rerun of the study replaces its earlier run
     wall = time.perf_counter() - start
     records = read_metrics(out)
     val_steps, val = series(records, "val_loss")

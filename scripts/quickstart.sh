@@ -11,4 +11,4 @@ OUT=runs/quickstart
 mkdir -p "$OUT"
 mylm tokenizer train --input $CORPUS --txt-split blank --vocab-size 2048 --out "$OUT/tokenizer.json" --quiet
 mylm data prepare $CORPUS --txt-split blank --tokenizer "$OUT/tokenizer.json" --out "$OUT/data" --val-fraction 0.05
-mylm pretrain --config configs/quickstart.yaml "$@"
+mylm pretrain --config configs/quickstart.yaml --overwrite "$@"  # a rerun replaces the last one

@@ -102,7 +102,7 @@ def test_derived_sizes():
 def test_renamed_keys_still_load_with_one_note(capsys, monkeypatch):
     """The MoE aux-loss weights moved from `model` to the `loss` section: old configs and the
     configs stored in old checkpoints still load, with a one-line note naming the new key."""
-    monkeypatch.setattr("mylm_jax.config._noted", set())  # the note is once per process
+    monkeypatch.setattr("mylm_jax.config.loading._noted", set())  # the note is once per process
     old = config_from_dict({"model": {"moe_aux_loss_weight": 0.5, "moe_z_loss_weight": 0.002}})
     assert old.loss.load_balance == 0.5 and old.loss.router_z == 0.002
     err = capsys.readouterr().err

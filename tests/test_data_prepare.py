@@ -72,7 +72,7 @@ def test_rerun_is_a_no_op_and_a_change_rebuilds(corpus, tmp_path, tokenizer_path
     again = prepare(settings, progress=False)
     assert not again.get("up_to_date") and again["splits"] == first["splits"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["metadata.json"] + [f"{s['name']}.{kind}.npy" for split in first["splits"].values()
+        ["metadata.json", "tokenizer.json"] + [f"{s['name']}.{kind}.npy" for split in first["splits"].values()
                              for s in split["shards"] for kind in ("tokens", "docs")])
     tail = prepare(dataclasses.replace(settings, split="tail", val_fraction=0.1), progress=False)
     assert set(tail["splits"]) == {"train"} and TokenShards.open(out, "val").num_tokens > 0

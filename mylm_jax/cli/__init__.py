@@ -12,11 +12,14 @@ Each module imports heavy libraries (jax, orbax, grain) inside its commands, so
 `mylm --help` and a mistyped command answer at once.
 
 A user mistake (bad key, bad value, missing file, bad data) prints one line and exits with 2.
+A reader that stops early (`mylm checkpoint show runs/x | head`) ends the command quietly,
+as it ends other Unix tools (exit 141, the shell's code for SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mylm_jax.cli import data, generate, model, studies, tokenizer, train
@@ -36,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         owner[args.command].run(args)
+        sys.stdout.flush()  # a closed pipe shows up here at the latest, while we still catch it
     except USER_ERRORS as e:  # a user's mistake: one line, no traceback
         print(f"mylm: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader is gone. Point stdout at /dev/null so that Python's own flush at exit
+        # does not fail again with "Exception ignored ... BrokenPipeError" (Python's docs, signal).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0

@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mylm_jax.data.clean import DEFAULT_SPEC
 from mylm_jax.data.prepare import PrepareSettings, prepare
-from mylm_jax.data.shards import TokenShards, read_metadata
-from mylm_jax.tokenizer import Tokenizer
+from mylm_jax.data.shards import TokenShards, dataset_tokenizer, read_metadata
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def add_parser(subparsers) -> None:
@@ -69,20 +71,25 @@ def run(args) -> None:
             seed=args.seed, split=args.split, val_fraction=args.val_fraction, eos=args.eos,
             shard_tokens=args.shard_tokens, workers=args.workers, on_error=args.on_error,
             cache_dir=args.cache_dir)
-        meta = prepare(settings)
+        try:
+            meta = prepare(settings)
+        except KeyboardInterrupt:  # prepare() has stopped its workers and removed its files
+            print(f"mylm: interrupted; no dataset written to {args.out} (partial files removed)", file=sys.stderr)
+            raise SystemExit(INTERRUPTED) from None
         if meta.get("up_to_date"):
             print(f"{args.out}: up to date (same settings and inputs); nothing to do")
         print(format_report(meta))
-        print(f"wrote {args.out}/metadata.json")
+        copy = meta["tokenizer"]["file"]
+        print(f"wrote {args.out}/metadata.json (the dataset carries its tokenizer: {args.out}/{copy})")
         return
     meta = read_metadata(args.data_dir)
     print(format_report(meta))
-    print(f"tokenizer {meta['tokenizer']['path']} (fingerprint {meta['tokenizer']['fingerprint'][:16]}...)")
+    tokenizer, path, note = dataset_tokenizer(args.data_dir, meta)
+    print(f"tokenizer {path} (fingerprint {meta['tokenizer']['fingerprint'][:16]}...)")
     shards = TokenShards.open(args.data_dir, "train")
-    if shards.num_documents:
-        try:
-            text = Tokenizer.load(meta["tokenizer"]["path"]).decode(shards.document(0)[:64].tolist())
-            print(f"first train document, 64 tokens: {text!r}")
-        except (OSError, ValueError):
-            print("(the tokenizer file is not readable here; no sample)")
+    if tokenizer is None:
+        print(f"note: {note}; no sample")
+    elif shards.num_documents:
+        text = tokenizer.decode(shards.document(0)[:64].tolist())
+        print(f"first train document, 64 tokens: {text!r}")
 

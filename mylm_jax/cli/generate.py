@@ -9,6 +9,10 @@ what is new, so a character split over several byte-level tokens appears once co
 The chat renders the whole conversation with the tokenizer's chat template, then
 `<|assistant|>`, and generates until `<|end|>`; the oldest turns are dropped when the
 conversation no longer fits the model's context with room for the answer.
+
+The sampling flags are checked (SamplingConfig) before the checkpoint is loaded; a prompt
+too long for the context is fitted by mylm_jax/generate.py's rule, with a note on stderr.
+Only the tokenizer's ids are ever sampled, even when the model's vocabulary is padded.
 """
 
 from __future__ import annotations
@@ -60,20 +64,25 @@ class Streamer:
             self.printed = text
 
 
-def _sampling(args, stop_tokens=()):
+def _sampling(args, tok=None, stop_tokens=()):
+    """The flags as a SamplingConfig (which range-checks them); with the tokenizer, its
+    vocabulary is the limit of what may be sampled (the model's may be padded past it)."""
     from mylm_jax.generate import SamplingConfig
     return SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
-                          tuple(stop_tokens), args.seed)
+                          tuple(stop_tokens), args.seed, vocab_limit=tok.vocab_size if tok is not None else None)
 
 
 def cmd_generate(args) -> None:
     from mylm_jax.generate import Generator
     from mylm_jax.train.run_dir import RunDir
 
+    _sampling(args)  # bad flags fail now, not after loading the checkpoint
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be positive, got {args.num_samples}")
     model, cfg, tok = RunDir.open(args.checkpoint).load_model(args.step)
     bos = tok.bos_id if BOS in tok.special_tokens else tok.eos_id  # an empty prompt starts a document
     prompt = tok.encode(args.prompt) if args.prompt else [bos]
-    generator = Generator(model, _sampling(args, [tok.eos_id]))
+    generator = Generator(model, _sampling(args, tok, [tok.eos_id]))
     print(args.prompt, end="", flush=True)
     outputs = generator([prompt] * args.num_samples, Streamer(tok))
     print()
@@ -85,10 +94,11 @@ def cmd_chat(args, lines=None) -> None:
     from mylm_jax.generate import Generator
     from mylm_jax.train.run_dir import RunDir
 
+    _sampling(args)  # bad flags fail now, not after loading the checkpoint
     model, cfg, tok = RunDir.open(args.checkpoint).load_model(args.step)
     if not tok.has_chat_tokens:
         raise ConfigError(f"{args.checkpoint}: the tokenizer has no chat tokens; chat needs an SFT run")
-    generator = Generator(model, _sampling(args, [tok.end_of_turn_id, tok.eos_id]))
+    generator = Generator(model, _sampling(args, tok, [tok.end_of_turn_id, tok.eos_id]))
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     room = cfg.model.max_seq_len - args.max_new_tokens

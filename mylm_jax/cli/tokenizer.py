@@ -14,6 +14,7 @@ prepare` reads (Parquet, directories, globs, URLs, templates) trains a tokenizer
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 from mylm_jax.data.errors import SkipLog
 from mylm_jax.data.readers import TextSelector, read_documents
 from mylm_jax.tokenizer import PRESET_PATTERNS, Tokenizer, TokenizerError, train_tokenizer
+from mylm_jax.tokenizer.train import shortfall_note
 
 
 def read_training_texts(args, log) -> Iterator[str]:
@@ -32,13 +34,33 @@ def read_training_texts(args, log) -> Iterator[str]:
         yield doc.text
 
 
+def check_out(path: str) -> None:
+    """Fail now, not after a long training run, if `path` cannot be written: create its
+    directory and write (and remove) a probe file there. The file itself is written
+    atomically at the end (Tokenizer.save), so a good earlier one is never truncated."""
+    out = Path(path)
+    if out.is_dir():
+        raise TokenizerError(f"--out {out}: is a directory; expected a file name such as {out / 'tokenizer.json'}")
+    probe = out.with_name(f".{out.name}.probe-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TokenizerError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+
+
 def cmd_train(args) -> None:
+    check_out(args.out)
     log = SkipLog(args.on_error)
     texts = read_training_texts(args, log)
     tokenizer = train_tokenizer(texts, args.vocab_size, args.pattern, min_frequency=args.min_frequency,
                                 progress=not args.quiet)
     tokenizer.save(args.out)
     print(f"wrote {args.out}: vocab_size {tokenizer.vocab_size}, fingerprint {tokenizer.fingerprint()[:16]}")
+    note = shortfall_note(tokenizer, args.vocab_size, args.min_frequency)
+    if note:
+        print(note)
     if log.total:
         print(f"inputs: {log.summary()}")
 
@@ -49,13 +71,22 @@ def _load(args) -> Tokenizer:
 
 def cmd_encode(args) -> None:
     tokenizer = _load(args)
-    if args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise TokenizerError(f"input file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+    if args.input or args.text is None:
+        if args.input:
+            path = Path(args.input)
+            if not path.is_file():
+                raise TokenizerError(f"input file not found: {path}")
+            name, raw = str(path), path.read_bytes()
+        else:  # bytes, not sys.stdin's text layer, so bad input is reported like a file's
+            stdin = sys.stdin
+            name, raw = "<stdin>", (stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode())
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{name}: not valid UTF-8 at byte {e.start} "
+                                 f"(bytes {raw[e.start:e.end].hex(' ')}); expected UTF-8 text") from None
     else:
-        text = args.text if args.text is not None else sys.stdin.read()
+        text = args.text
     ids = tokenizer.encode(text, allowed_special="all" if args.allow_special else ())
     print(" ".join(map(str, ids)))
 
@@ -77,6 +108,8 @@ def cmd_export_hf(args) -> None:
 
 
 def cmd_inspect(args) -> None:
+    if args.sample < 0:
+        raise TokenizerError(f"--sample must be 0 or more (how many tokens to show), got {args.sample}")
     tokenizer = _load(args)
     n_merged = len(tokenizer.token_bytes) - 256
     print(f"vocab size      {tokenizer.vocab_size} (256 bytes + {n_merged} merged + "
@@ -85,10 +118,13 @@ def cmd_inspect(args) -> None:
     print(f"fingerprint     {tokenizer.fingerprint()}")
     print("special tokens  " + ", ".join(f"{t}={i}" for t, i in tokenizer.special_tokens.items()))
     show = lambda i: repr(tokenizer.id_to_bytes(i).decode("utf-8", errors="replace"))  # noqa: E731
+    if args.sample == 0:  # asked for no tokens
+        return
     longest = sorted(range(256, len(tokenizer.token_bytes)), key=lambda i: -len(tokenizer.token_bytes[i]))
     print("longest tokens  " + "  ".join(f"{i}:{show(i)}" for i in longest[:args.sample]))
     step = max(1, n_merged // args.sample)
-    print("sample tokens   " + "  ".join(f"{i}:{show(i)}" for i in range(256, len(tokenizer.token_bytes), step)))
+    sample = range(256, len(tokenizer.token_bytes), step)[:args.sample]
+    print("sample tokens   " + "  ".join(f"{i}:{show(i)}" for i in sample))
 
 
 SUBCOMMANDS = {

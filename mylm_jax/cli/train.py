@@ -1,16 +1,19 @@
 """`mylm pretrain`, `mylm sft` and `mylm checkpoint`.
 
-    mylm pretrain --config configs/quickstart.yaml [section.key=value ...] [--resume]
-        train; --resume continues from the latest checkpoint in train.out_dir
+    mylm pretrain --config configs/quickstart.yaml [section.key=value ...] [--resume | --overwrite]
+        train; --resume continues from the newest readable checkpoint in train.out_dir,
+        --overwrite deletes the earlier run there first (one run per directory: without
+        either, a train.out_dir that holds checkpoints or logs is an error)
     mylm pretrain --continue runs/x [section.key=value ...]
         continue runs/x with its checkpoint's own config, changed by the overrides
         (e.g. train.steps=4000 optim.lr=3e-4); shapes, optimizer and tokenizer must stay
-    mylm sft --config configs/sft_alpaca_zh.yaml [section.key=value ...] [--resume]
+    mylm sft --config configs/sft_alpaca_zh.yaml [section.key=value ...] [--resume | --overwrite]
         fine-tune a pretrained run (sft.init_from) on conversations (mylm_jax/train/sft.py)
     mylm checkpoint show runs/x [--step N]
         the steps kept (latest, best), and a checkpoint's config, tokenizer and data
     mylm checkpoint set-config runs/x section.key=value ...
-        rewrite the config stored in the latest checkpoint (what --continue starts from)
+        rewrite the config stored in the latest checkpoint (what --continue starts from);
+        shapes, optimizer and tokenizer must stay, as for --continue
 
 A run that halts itself on a non-finite loss (train.on_nonfinite=halt) saves a
 checkpoint, prints one line and exits with 3.
@@ -31,6 +34,9 @@ def add_parser(subparsers) -> None:
     f = subparsers.add_parser("sft", help="fine-tune a pretrained run on conversations")
     add_config_args(f)
     f.add_argument("--resume", action="store_true", help="continue from the latest SFT checkpoint")
+    for parser in (p, f):
+        parser.add_argument("--overwrite", action="store_true",
+                            help="delete the earlier run in train.out_dir (checkpoints, logs) and start again")
     c = subparsers.add_parser("checkpoint", help="show a run's checkpoints, or change their stored config")
     sub = c.add_subparsers(dest="checkpoint_command", required=True)
     show = sub.add_parser("show", help="steps kept and a checkpoint's config")
@@ -44,25 +50,27 @@ def add_parser(subparsers) -> None:
 def _train(args) -> None:
     if args.command == "sft":
         from mylm_jax.train.sft import sft
-        sft(load_config(args.config, args.overrides), args.resume)
+        sft(load_config(args.config, args.overrides), args.resume, args.overwrite)
         return
     from mylm_jax.train.loop import pretrain
     if args.continue_dir:
         from mylm_jax.train.run_dir import RunDir
         if args.config:
             raise ConfigError("--continue takes the config from the checkpoint; drop --config")
+        if args.overwrite or args.resume:
+            raise ConfigError("--continue resumes RUN_DIR; drop --overwrite / --resume")
         meta = RunDir.open(args.continue_dir).meta()
         values = apply_overrides(meta["config"], [f"train.out_dir={args.continue_dir}", *args.overrides])
         pretrain(config_from_dict(values), resume=True)
     else:
-        pretrain(load_config(args.config, args.overrides), args.resume)
+        pretrain(load_config(args.config, args.overrides), args.resume, args.overwrite)
 
 
 def cmd_show(args) -> None:
     from mylm_jax.train.run_dir import RunDir
 
     run = RunDir.open(args.run_dir)
-    step = run.step(args.step)
+    step = run.step(args.step)  # the newest readable one (a warning names any skipped), or --step's
     meta = run.meta(step)
     print(f"checkpoints kept: {run.steps} (latest {run.latest_step})")
     print(f"step {step}: data {meta.get('data_path')}, tokenizer {meta['tokenizer']['fingerprint'][:16]}... "

@@ -7,13 +7,20 @@
       -> train / val split           ("document": each document to val with probability
                                       val_fraction, from a seeded generator; "tail": the last
                                       val_fraction of the token stream, nanoGPT style)
-      -> shards.ShardWriter          (atomic files; metadata.json last)
+      -> shards.ShardWriter          (atomic files; then the tokenizer's copy,
+                                      tokenizer.json; metadata.json last)
 
-The metadata records the tokenizer's fingerprint, the counts, the sources (with sizes),
-the reader's skip report and the cleaning report. A rerun with the same settings and
-unchanged inputs finds metadata.json and returns at once; an interrupted run (no
-metadata) or changed settings rebuild the directory from scratch, removing the files
-of the earlier attempt first, so stale shards never mix with new ones.
+The metadata records the tokenizer (its copy beside the shards and its fingerprint), the
+counts, the sources (with sizes), the reader's skip report and the cleaning report. A
+rerun with the same settings and unchanged inputs finds metadata.json and returns at
+once; changed settings rebuild the directory from scratch, removing the files of the
+earlier attempt first, so stale shards never mix with new ones.
+
+The output directory is checked before any work (a long run must not find out at its
+end that it cannot write). A run that stops early (Ctrl-C, an error with
+on_error="fail", no documents left) removes what it wrote, so the directory never holds
+a half dataset; the worker processes ignore Ctrl-C and are stopped by this process, so
+an interrupt is one KeyboardInterrupt here, not one traceback per worker.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +40,8 @@ import numpy as np
 from mylm_jax.data.clean import DEFAULT_SPEC, Cleaner
 from mylm_jax.data.errors import DataError, OnError, SkipLog
 from mylm_jax.data.readers import TextSelector, expand_inputs, read_documents
-from mylm_jax.data.shards import METADATA, ShardWriter, read_metadata, token_dtype, write_metadata
+from mylm_jax.data.shards import (METADATA, TMP_MARK, TOKENIZER_FILE, ShardWriter, read_metadata, token_dtype,
+                                   write_metadata)
 
 CHUNK_DOCS = 256  # documents per task sent to a worker process
 
@@ -65,10 +74,13 @@ class PrepareSettings:
 _worker_tokenizer = None
 
 
-def _init_worker(path: str) -> None:
+def _init_worker(tokenizer, in_pool: bool = False) -> None:
+    """Each worker gets the tokenizer itself (pickled), not its path: the file could change
+    while the run goes on, and the ids must come from the tokenizer the metadata records."""
     global _worker_tokenizer
-    from mylm_jax.tokenizer import Tokenizer
-    _worker_tokenizer = Tokenizer.load(path)
+    if in_pool:  # Ctrl-C reaches every process of the terminal; the parent stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_tokenizer = tokenizer
 
 
 def _encode_chunk(texts: list[str]) -> list[np.ndarray]:
@@ -93,9 +105,32 @@ def _fingerprint(settings: PrepareSettings, sources: list[dict], tokenizer_id: s
 
 
 def _remove_outputs(out_dir: Path) -> None:
+    """The dataset's files and temporary leftovers. Not tokenizer.json: it may be the very
+    file --tokenizer names; it is rewritten (atomically) just before metadata.json."""
     for p in out_dir.iterdir():
-        if p.name == METADATA or p.name.endswith((".tokens.npy", ".docs.npy", ".tmp")):
+        if p.name == METADATA or p.name.endswith((".tokens.npy", ".docs.npy")) or TMP_MARK in p.name:
             p.unlink()
+
+
+def check_out_dir(out_dir: Path) -> bool:
+    """Create `out_dir` if needed and prove it writable, before any work; True if created."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir}: exists and is not a directory")
+    created = not out_dir.exists()
+    probe = out_dir / f".probe{TMP_MARK}-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
+    return created
+
+
+def _discard(out_dir: Path, created: bool) -> None:
+    """Remove the output directory if this run created it and it is (again) empty."""
+    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def prepare(settings: PrepareSettings, progress: bool = True) -> dict:
@@ -103,21 +138,38 @@ def prepare(settings: PrepareSettings, progress: bool = True) -> dict:
     from mylm_jax.tokenizer import Tokenizer
 
     start = time.time()
-    tokenizer = Tokenizer.load(settings.tokenizer)
-    files = expand_inputs(list(settings.inputs), settings.cache_dir)
+    out_dir = Path(settings.out_dir)
+    created = check_out_dir(out_dir)
+    try:
+        tokenizer = Tokenizer.load(settings.tokenizer)
+        files = expand_inputs(list(settings.inputs), settings.cache_dir)
+    except BaseException:  # a missing input, a failed download, Ctrl-C: no empty directory left behind
+        _discard(out_dir, created)
+        raise
     sources = [{"path": f, "bytes": os.path.getsize(f), "mtime": int(os.path.getmtime(f))} for f in files]
     settings_hash = _fingerprint(settings, sources, tokenizer.fingerprint())
-    out_dir = Path(settings.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / METADATA).is_file():
         try:
             meta = read_metadata(out_dir)
-            if meta.get("settings_hash") == settings_hash:
+            carried = (out_dir / meta["tokenizer"].get("file", "-")).is_file()  # older datasets: rebuild
+            if meta.get("settings_hash") == settings_hash and carried:
                 return meta | {"up_to_date": True}
         except DataError:
             pass
     _remove_outputs(out_dir)
+    try:
+        return _build(settings, tokenizer, files, sources, settings_hash, out_dir, start, progress)
+    except BaseException:  # Ctrl-C, on_error="fail", nothing left: no half dataset stays behind
+        _remove_outputs(out_dir)
+        copy = out_dir / TOKENIZER_FILE
+        if copy.resolve() != Path(settings.tokenizer).resolve():  # ours, not the user's --tokenizer
+            copy.unlink(missing_ok=True)
+        _discard(out_dir, created)
+        raise
 
+
+def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list[dict], settings_hash: str,
+           out_dir: Path, start: float, progress: bool) -> dict:
     log = SkipLog(settings.on_error)
     cleaner = Cleaner(settings.clean, settings.seed)
     selector = TextSelector(settings.field, settings.template)
@@ -138,10 +190,10 @@ def prepare(settings: PrepareSettings, progress: bool = True) -> dict:
     workers = settings.workers or os.cpu_count() or 1
     pool = None
     if workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (settings.tokenizer,))
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer, True))
         encoded = pool.imap(_encode_chunk, _chunks(counted(texts), CHUNK_DOCS))
     else:
-        _init_worker(settings.tokenizer)
+        _init_worker(tokenizer)
         encoded = map(_encode_chunk, _chunks(counted(texts), CHUNK_DOCS))
     bar = None
     if progress:
@@ -164,11 +216,19 @@ def prepare(settings: PrepareSettings, progress: bool = True) -> dict:
     if writers["train"].num_documents == 0:
         raise DataError(f"no documents left to write from {', '.join(settings.inputs)} "
                         f"({log.summary()}; cleaning dropped {dict(cleaner.dropped)})")
+    # The dataset carries its tokenizer, found relative to itself (shards.dataset_tokenizer):
+    # a path relative to where this command ran would be lost from any other directory.
+    try:
+        tokenizer.save(out_dir / TOKENIZER_FILE)
+    except ValueError as e:  # TokenizerError: cannot write
+        raise DataError(str(e)) from None
     elapsed = time.time() - start
     return write_metadata(
         out_dir, writers, settings.split, settings.val_fraction,
         tokenizer={"fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
-                   "path": str(settings.tokenizer), "eos_id": tokenizer.special_tokens.get("<|endoftext|>"),
+                   "file": TOKENIZER_FILE, "path": str((out_dir / TOKENIZER_FILE).resolve()),
+                   "source": str(Path(settings.tokenizer).resolve()),
+                   "eos_id": tokenizer.special_tokens.get("<|endoftext|>"),
                    "bos_id": tokenizer.special_tokens.get("<|bos|>")},
         eos_appended=settings.eos, sources=sources,
         reader={"records": cleaner.documents_in + log.total, "documents": cleaner.documents_in, **log.report()},

@@ -16,9 +16,15 @@ newlines (the Tang/Song poetry JSON: a title and a list of verse lines).
 
 Everything unusable is skipped and counted by the `SkipLog` (or is a one-line error
 with on_error="fail"): invalid UTF-8 (the piece that holds it), invalid JSON (the line,
-or the whole .json file), records of the wrong type, missing fields, empty files and
-unknown extensions. A file-level problem counts as one skipped record, so that
-records read = documents kept + records skipped.
+or the whole .json file), JSON strings holding a lone surrogate escape such as "\\ud800"
+(the record: such a string is not Unicode text and cannot be encoded to UTF-8), records
+of the wrong type, missing fields, empty files, unknown extensions and Parquet data
+pages that cannot be decoded (the rest of that row group). A file-level problem counts
+as one skipped record, so that records read = documents kept + records skipped.
+
+A UTF-8 byte-order mark (EF BB BF, which Windows editors write) at the start of a file
+is not text: it is dropped, so it neither breaks a JSONL file's first record nor lands
+in the first document of a .txt file.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ from mylm_jax.data.errors import DataError, SkipLog
 TEXT_EXTENSIONS = (".txt", ".md")  # plain text (Markdown is read as text)
 EXTENSIONS = (*TEXT_EXTENSIONS, ".json", ".jsonl", ".parquet")
 _FIELD = re.compile(r"\{(\w+)\}")
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
+# A JSON escape of a UTF-16 surrogate (\\ud800-\\udfff): a cheap test on the raw bytes, so
+# only the rare line that has one is searched for a lone (unpaired) surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -116,8 +127,33 @@ def _decode(raw: bytes, location: str, log: SkipLog) -> str | None:
         return None
 
 
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate anywhere in a parsed JSON value (json.loads lets "\\ud800"
+    through as a str that no UTF-8 encoder accepts), as "U+D800", or None."""
+    if isinstance(value, str):
+        m = _LONE_SURROGATE.search(value)
+        return f"U+{ord(m.group()):04X}" if m else None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next((found for v in value if (found := _lone_surrogate(v))), None)
+    return None
+
+
+def _checked(location: str, record: Any, log: SkipLog) -> bool:
+    """False (and the record counted as skipped) if it holds a lone surrogate."""
+    found = _lone_surrogate(record)
+    if found is None:  # only well-formed pairs (an emoji written as "\\ud83d\\ude00")
+        return True
+    log.skip(location, f"lone surrogate {found} (a \\u escape that is half of a UTF-16 pair; "
+             "not valid Unicode text)", "lone surrogate")
+    return False
+
+
 def _txt_records(path: str, txt_split: str, log: SkipLog) -> Iterator[tuple[str, Any]]:
     data = Path(path).read_bytes()
+    if data.startswith(BOM):
+        data = data[len(BOM):]
     if txt_split == "file":
         spans = [(0, len(data))]
     else:  # the pieces between separators, as (start, end) byte offsets
@@ -142,19 +178,23 @@ def _txt_records(path: str, txt_split: str, log: SkipLog) -> Iterator[tuple[str,
 
 
 def _json_records(path: str, log: SkipLog) -> Iterator[tuple[str, Any]]:
+    raw = Path(path).read_bytes().removeprefix(BOM)
     try:
-        value = json.loads(Path(path).read_bytes())
+        value = json.loads(raw)
     except UnicodeDecodeError as e:
         log.skip(path, f"invalid UTF-8 at byte {e.start}", "invalid UTF-8")
         return
     except json.JSONDecodeError as e:
         log.skip(f"{path}:{e.lineno}", f"invalid JSON ({e.msg}, column {e.colno})", "invalid JSON")
         return
+    escapes = _SURROGATE_ESCAPE.search(raw) is not None  # then each record is searched
     if isinstance(value, dict):
-        yield path, value
+        if not escapes or _checked(path, value, log):
+            yield path, value
     elif isinstance(value, list):
         for i, record in enumerate(value):
-            yield f"{path}[#{i}]", record
+            if not escapes or _checked(f"{path}[#{i}]", record, log):
+                yield f"{path}[#{i}]", record
     else:
         log.skip(path, f"top level is {type(value).__name__}, expected an array or an object", "wrong type")
 
@@ -162,6 +202,8 @@ def _json_records(path: str, log: SkipLog) -> Iterator[tuple[str, Any]]:
 def _jsonl_records(path: str, log: SkipLog) -> Iterator[tuple[str, Any]]:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1:
+                raw = raw.removeprefix(BOM)
             if not raw.strip():
                 continue
             location = f"{path}:{number}"
@@ -169,9 +211,12 @@ def _jsonl_records(path: str, log: SkipLog) -> Iterator[tuple[str, Any]]:
             if line is None:
                 continue
             try:
-                yield location, json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 log.skip(location, f"invalid JSON ({e.msg}, column {e.colno})", "invalid JSON")
+                continue
+            if _SURROGATE_ESCAPE.search(raw) is None or _checked(location, record, log):
+                yield location, record
 
 
 def _parquet_records(path: str, columns: list[str], log: SkipLog) -> Iterator[tuple[str, Any]]:
@@ -188,10 +233,18 @@ def _parquet_records(path: str, columns: list[str], log: SkipLog) -> Iterator[tu
         log.skip(path, f"no column '{missing[0]}' (columns: {', '.join(names)})", "missing field")
         return
     row = 0
-    for batch in parquet.iter_batches(batch_size=4096, columns=columns):  # one row group at a time
-        for record in batch.to_pylist():
-            yield f"{path}:row {row}", record
-            row += 1
+    for group in range(parquet.num_row_groups):
+        group_end = row + parquet.metadata.row_group(group).num_rows
+        try:  # streamed a batch at a time: a row group can be larger than memory allows
+            for batch in parquet.iter_batches(batch_size=4096, row_groups=[group], columns=columns):
+                for record in batch.to_pylist():
+                    yield f"{path}:row {row}", record
+                    row += 1
+        except Exception as e:  # a corrupt data page under a valid footer (pyarrow: OSError, ArrowException)
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.skip(f"{path}:row {row}", f"row group {group} cannot be decoded from here on, rows "
+                     f"{row}-{group_end - 1} lost ({message})", "invalid Parquet")
+        row = group_end  # rows keep their numbers in the file, whatever was lost before them
 
 
 def read_records(path: str, log: SkipLog, txt_split: str = "file",

@@ -3,13 +3,19 @@
 A prepared dataset is a directory:
 
     metadata.json                 written last: its presence means the set is complete
+    tokenizer.json                the dataset's own copy of the tokenizer its ids come from
     train_00000.tokens.npy        token ids of many documents back to back (uint16 if the
                                   vocab fits in 65,536 ids, else uint32)
     train_00000.docs.npy          int64 offsets [n_docs + 1]: document i is tokens[o[i]:o[i+1]]
     val_00000.tokens.npy ...
 
-Every file is written under a temporary name and renamed into place (os.replace is
-atomic), so an interrupted run never leaves a half shard under a final name.
+Every file is written under a temporary name, flushed to disk and renamed into place
+(os.replace is atomic; mylm_jax/fileio.py), so an interrupted run or a full disk never
+leaves a half shard under a final name. A write that fails is a one-line DataError.
+
+The dataset carries its tokenizer: `metadata.json` names the copy beside the shards
+("file", relative to the dataset directory) and its fingerprint, so the dataset can be
+used from any working directory and moved as a whole (`dataset_tokenizer`).
 
 Splits are "document" (each document is in train or in val) or "tail" (nanoGPT style:
 one token stream, the last `val_fraction` of its tokens is val, cutting a document if
@@ -27,9 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from mylm_jax.data.errors import DataError
+from mylm_jax.fileio import atomic_write
 
 FORMAT, VERSION = "mylm-token-shards", 1
 METADATA = "metadata.json"
+TOKENIZER_FILE = "tokenizer.json"
+TMP_MARK = ".tmp"  # every temporary name holds it (".name.tmp-PID"): leftovers are easy to find
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -37,16 +46,29 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    """np.save under a temporary name, fsync, rename: the shard appears whole or not at all.
+    (fileio.atomic_write takes bytes; a shard is streamed to the file instead, so a large
+    one is not held twice in memory.)"""
+    tmp = path.with_name(f".{path.name}{TMP_MARK}-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only directory: say which file, no traceback
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:  # Ctrl-C: no temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    except OSError as e:
+        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 class ShardWriter:
@@ -92,6 +114,40 @@ def write_metadata(out_dir: str | Path, writers: dict[str, ShardWriter], split_m
             "dtype": str(next(iter(writers.values())).dtype), **info}
     atomic_write_json(Path(out_dir) / METADATA, meta)
     return meta
+
+
+def dataset_tokenizer(data_dir: str | Path, meta: dict):
+    """(Tokenizer or None, the path it was read from, a note or None): the tokenizer the
+    dataset's ids come from.
+
+    A dataset made by this version carries a copy (meta["tokenizer"]["file"], relative to
+    the dataset): that copy must load and have the recorded fingerprint, or the dataset is
+    broken (DataError). An older dataset names only the path `data prepare` was given,
+    relative to where it ran; that is tried as it is, and if it is missing, unreadable or a
+    different tokenizer (retrained since), the answer is None with a note, never a wrong one.
+    """
+    from mylm_jax.tokenizer import Tokenizer, TokenizerError
+
+    info = meta["tokenizer"]
+    if info.get("file"):
+        path = Path(data_dir) / info["file"]
+        try:
+            tokenizer = Tokenizer.load(path)
+        except TokenizerError as e:
+            raise DataError(f"{data_dir}: the dataset's tokenizer copy is unusable ({e})") from None
+        if tokenizer.fingerprint() != info["fingerprint"]:
+            raise DataError(f"{path}: tokenizer {tokenizer.fingerprint()[:12]}... is not the one the dataset was "
+                            f"made with ({info['fingerprint'][:12]}...); the file was replaced")
+        return tokenizer, str(path.resolve()), None
+    path = info.get("path", "")
+    try:
+        tokenizer = Tokenizer.load(path)
+    except TokenizerError as e:
+        return None, path, f"the dataset's tokenizer is not readable ({e})"
+    if tokenizer.fingerprint() != info["fingerprint"]:
+        return None, path, (f"the dataset's tokenizer {path} is now another tokenizer ({tokenizer.fingerprint()[:12]}"
+                            f"... not {info['fingerprint'][:12]}...)")
+    return tokenizer, path, None
 
 
 def read_metadata(data_dir: str | Path) -> dict:

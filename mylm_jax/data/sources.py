@@ -5,8 +5,9 @@ asks a source for four things, the `DataSource` protocol:
 
     identity    {"fingerprint", "vocab_size", "path", "bos_id", "eos_id"} of the tokenizer
                 the ids come from; checkpoints record it, resumes compare it
-    tokenizer   that Tokenizer, or None when its file is not readable (then no samples,
-                no bits per byte)
+    tokenizer   that Tokenizer (for shards: the dataset's own copy, shards.dataset_tokenizer),
+                or None when an older dataset's tokenizer file is not readable (then no
+                samples, no bits per byte)
     has_val     whether there is a val split to evaluate
     loader(split, LoaderConfig)
                 a resumable iterator of numpy batches {inputs, targets, loss_mask,
@@ -28,7 +29,7 @@ from mylm_jax.config import Config, ConfigError
 from mylm_jax.data.errors import SkipLog
 from mylm_jax.data.pretrain import LoaderConfig, pretrain_loader
 from mylm_jax.data.sft import SFTExamples, sft_loader
-from mylm_jax.data.shards import read_metadata
+from mylm_jax.data.shards import dataset_tokenizer, read_metadata
 from mylm_jax.tokenizer import Tokenizer, TokenizerError
 
 
@@ -61,13 +62,15 @@ class ShardsSource:
             raise ConfigError("data.path is empty: prepare a dataset with `mylm data prepare` and set data.path")
         self.path, self.meta = cfg.data.path, read_metadata(cfg.data.path)
         self.has_val = "val" in self.meta["splits"] or self.meta["split"]["mode"] == "tail"
-        self.identity = self.meta["tokenizer"]
-        self.tokenizer = None
-        try:  # for samples and bits per byte; the shards carry its identity either way
-            self.tokenizer = Tokenizer.load(self.meta["tokenizer"]["path"])
-        except (OSError, ValueError):
-            print(f"note: the dataset's tokenizer {self.meta['tokenizer']['path']} is not readable: "
-                  "no samples, no bits per byte", flush=True)
+        # For samples and bits per byte: the dataset's own copy, checked against the
+        # fingerprint (an older dataset: the path it recorded). The shards carry the
+        # tokenizer's identity either way.
+        self.tokenizer, path, note = dataset_tokenizer(self.path, self.meta)
+        info = self.meta["tokenizer"]
+        self.identity = {"fingerprint": info["fingerprint"], "vocab_size": info["vocab_size"], "path": path,
+                         "bos_id": info.get("bos_id"), "eos_id": info.get("eos_id")}
+        if note:
+            print(f"note: {note}: no samples, no bits per byte", flush=True)
 
     def loader(self, split: str, loader_cfg: LoaderConfig):
         return pretrain_loader(self.path, split, loader_cfg)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import regex
 
+from mylm_jax.fileio import atomic_write
 from mylm_jax.tokenizer import chat, hf_export
 from mylm_jax.tokenizer import specials as sp
 from mylm_jax.tokenizer.encode import ChunkEncoder, build_vocab, encode_in_processes
@@ -186,7 +187,9 @@ class Tokenizer:
                 "vocab_size": self.vocab_size, "fingerprint": self.fingerprint()}
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+        """Write the tokenizer file atomically (fileio.py): a full disk or Ctrl-C leaves the
+        old file, if any, whole, never a truncated one under `path`."""
+        write_whole(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -221,5 +224,13 @@ class Tokenizer:
 
     def export_hf(self, path: str | os.PathLike) -> None:
         """Write a Hugging Face `tokenizer.json` that encodes exactly as this tokenizer does."""
-        text = json.dumps(hf_export.to_hf_json(self), ensure_ascii=False, indent=1) + "\n"
-        Path(path).write_text(text, encoding="utf-8")
+        write_whole(path, json.dumps(hf_export.to_hf_json(self), ensure_ascii=False, indent=1) + "\n")
+
+
+def write_whole(path: str | os.PathLike, text: str) -> None:
+    """atomic_write, with a failure (no space, no permission, a directory in the way) as a
+    one-line TokenizerError that names the file."""
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot write ({e.strerror or e})") from None

@@ -34,8 +34,9 @@ natural ones (token id b = byte b). As in HF, a merge whose bytes already form a
 (say "abc" from (ab, c) after (a, bc)) reuses that token's id.
 
 `min_frequency`: training stops when the best pair occurs fewer times (it then may stop
-short of `vocab_size`). Raising it to 2 trains much faster on text with many unique chunks
-(e.g. Chinese clauses) but compresses worse.
+short of `vocab_size`, as does a text too small to fill it: `shortfall_note` says so).
+Raising it to 2 trains much faster on text with many unique chunks (e.g. Chinese
+clauses) but compresses worse.
 
 Where this module sits: `train_tokenizer` wraps the learnt merges in a `Tokenizer`
 (tokenizer.py), so training imports the Tokenizer and never the other way round; the
@@ -182,14 +183,28 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="BPE merges", unit="merge", mininterval=0.5)
 
 
+def shortfall_note(tokenizer: Tokenizer, vocab_size: int, min_frequency: int = 1) -> str | None:
+    """A one-line note when training stopped short of `vocab_size` (None if it did not):
+    every merge that the text allows was learnt, and there were fewer than asked."""
+    if tokenizer.vocab_size >= vocab_size:
+        return None
+    asked = vocab_size - 256 - len(tokenizer.special_tokens)
+    made = len(tokenizer.token_bytes) - 256
+    why = ("every chunk of the text is a single token by then" if min_frequency == 1
+           else f"no pair of tokens left occurs min_frequency={min_frequency} times")
+    return (f"note: vocab_size {tokenizer.vocab_size}, not {vocab_size}: the text allows only {made} merged "
+            f"tokens of the {asked} asked ({why}); train on more text for a larger vocabulary")
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4",
                     special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS, min_frequency: int = 1,
                     progress: bool = True) -> Tokenizer:
     """Train a byte-level BPE tokenizer on `texts`.
 
-    vocab_size counts everything: 256 bytes + merged tokens + special tokens. pattern is a
-    preset name ("gpt4", "gpt2", "zh") or a raw regex (patterns.py). The Tokenizer comes
-    back with training's own chunks already in its encode cache.
+    vocab_size counts everything: 256 bytes + merged tokens + special tokens; a text too
+    small to fill it gives fewer (see `shortfall_note`). pattern is a preset name ("gpt4",
+    "gpt2", "zh") or a raw regex (patterns.py). The Tokenizer comes back with training's
+    own chunks already in its encode cache.
     """
     specials = check_special_tokens(special_tokens)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):

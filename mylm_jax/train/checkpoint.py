@@ -13,6 +13,11 @@ Restoring reads against an abstract target carrying *this* run's shardings
 (mylm_jax/train/state.py: restore_target; mylm_jax/train/run_dir.py opens runs), so a checkpoint written on one mesh
 restores onto another (8-device FSDP -> 1 device, say): orbax reads each device's
 slice of every array.
+
+A checkpoint can still be damaged after its commit (a disk error, a file truncated by a
+copy or a full disk). Every read here turns such damage into `UnreadableCheckpoint`, a
+one-line error naming the step and the cause, so that RunDir (mylm_jax/train/run_dir.py)
+can fall back to the newest readable step instead of ending in a library traceback.
 """
 
 from __future__ import annotations
@@ -25,8 +30,20 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mylm_jax.config import ConfigError
+from mylm_jax.fileio import atomic_write
 from mylm_jax.train.faults import KILL_DURING_SAVE, kill_if_asked
 
+
+class UnreadableCheckpoint(ConfigError):
+    """A committed step whose files cannot be read back (truncated, corrupt, missing).
+    A ConfigError, so where nothing falls back it is still one line, not a traceback."""
+
+    def __init__(self, directory: Path, step: int, error: BaseException):
+        # Library errors (tensorstore's above all) run to many lines: keep the first, shortened.
+        cause = (str(error).strip().splitlines() or [""])[0][:160]
+        super().__init__(f"checkpoint step {step} in {directory} is unreadable ({type(error).__name__}: {cause})")
+        self.step = step
 
 
 class Checkpointer:
@@ -59,23 +76,45 @@ class Checkpointer:
         if wait:
             self.manager.wait_until_finished()
 
-    def read_meta(self, step: int | None = None) -> dict:
-        step = self.latest_step() if step is None else step
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def read_meta(self, step: int) -> dict:
+        """A step's meta, after the cheap checks: meta and data items readable, and the
+        state's tree metadata (orbax's `_METADATA` JSON) whole. The arrays themselves are
+        only checked by `restore`, which reads every byte of them."""
+        try:
+            items = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))
+            tree = self.directory / str(step) / "state" / "_METADATA"
+            if tree.is_file():
+                json.loads(tree.read_text())
+            return items["meta"]
+        except Exception as e:  # whatever orbax / json raise for a damaged file
+            raise UnreadableCheckpoint(self.directory, step, e) from None
 
     def rewrite_meta(self, step: int, meta: dict) -> None:
         """Replace a committed step's meta item. It is a plain JSON file inside the step
-        directory (orbax's JsonSave layout), so it can be rewritten without touching the arrays."""
-        (self.directory / str(step) / "meta" / "metadata").write_text(json.dumps(meta))
+        directory (orbax's JsonSave layout), so it can be rewritten without touching the arrays;
+        atomically, so a crash leaves the old meta or the new one, never a half (= a lost step)."""
+        atomic_write(self.directory / str(step) / "meta" / "metadata", json.dumps(meta))
 
     def restore(self, step: int, abstract_state) -> tuple:
         """(state with the target's shardings, data state, meta) of a step."""
         target = nnx.to_pure_dict(abstract_state)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # a truncated array file, a damaged index: tensorstore / json errors
+            raise UnreadableCheckpoint(self.directory, step, e) from None
         state = jax.tree.map(lambda x: x, abstract_state)  # a copy to fill
         nnx.replace_by_pure_dict(state, restored["state"])
         return state, restored["data"], restored["meta"]
+
+    def set_aside(self, step: int) -> Path:
+        """Rename an unreadable step to `<step>.unreadable`: orbax then no longer lists it (a
+        new save of that step would collide with it), and nothing is deleted."""
+        target = self.directory / f"{step}.unreadable"
+        (self.directory / str(step)).rename(target)
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -1,8 +1,11 @@
 """The training loop: `mylm pretrain --config configs/X.yaml [section.key=value ...]` (and SFT).
 
-    start:  join the processes (multi-host), build the mesh, open the data source, then
-            either create the state already sharded or restore the latest checkpoint onto
-            this mesh; print the sharding plan
+    start:  join the processes (multi-host), build the mesh, open the data source, open
+            the run directory (one run per directory: new, --resume or --overwrite), then
+            either create the state already sharded or restore the newest readable
+            checkpoint onto this mesh (checked against this config and tokenizer); only then
+            write config.yaml and tokenizer.json, so a refused start changes nothing there;
+            print the sharding plan
     loop:   batch -> train_step (dispatched, not awaited) -> read the *previous* step's
             metrics -> log / eval / sample / checkpoint when due
     stop:   at train.steps, or on SIGTERM / SIGINT after the current step: save and exit 0
@@ -18,6 +21,7 @@ loss terms and metrics under their own names (logged as they come), and the data
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,9 +34,9 @@ from mylm_jax.config import Config, ConfigError, config_to_dict, dump_config
 from mylm_jax.data.errors import DataError
 from mylm_jax.data.pretrain import LoaderConfig
 from mylm_jax.data.sources import DataSource, ShardsSource, tokenizer_identity
+from mylm_jax.fileio import atomic_write
 from mylm_jax.model.accounting import flops_per_token
 from mylm_jax.parallel import batch_divisor, initialize_distributed, make_mesh, shard_batch
-from mylm_jax.train.checkpoint import Checkpointer
 from mylm_jax.train.faults import KILL_AT_STEP, kill_if_asked
 from mylm_jax.train.metrics import EMA, MetricsLog, peak_flops_per_device
 from mylm_jax.train.run_dir import RunDir
@@ -65,10 +69,12 @@ class Trainer:
     init(ts): fills a freshly created state (SFT: the pretrained weights); not called on resume.
     on_eval(step, result): called after every evaluation with its metrics; may raise to
     stop the run (`mylm search` prunes trials this way).
+    resume / overwrite: continue the run in train.out_dir / delete it and start again
+    (neither: train.out_dir must hold no earlier run; RunDir.for_training).
     """
 
     def __init__(self, cfg: Config, data: DataSource, resume: bool = False, init: Callable | None = None,
-                 on_eval: Callable[[int, dict], None] | None = None):
+                 on_eval: Callable[[int, dict], None] | None = None, overwrite: bool = False):
         initialize_distributed(cfg.mesh)
         self.cfg, self.data, self.mesh, self.on_eval = cfg, data, make_mesh(cfg.mesh), on_eval
         self.local_batch = _check_batch(cfg, self.mesh)
@@ -81,32 +87,39 @@ class Trainer:
             specials = set(self.tokenizer.special_tokens.values())
             self.byte_len = np.array([0 if i in specials else len(self.tokenizer.id_to_bytes(i))
                                       for i in range(self.tokenizer.vocab_size)])
-            # The run keeps its own copy: checkpoints then name a tokenizer that stays with them.
-            path = self.out_dir / "tokenizer.json"
-            if jax.process_index() == 0:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                self.tokenizer.save(path)
-            self.identity = tokenizer_identity(self.tokenizer, str(path))
+            # The run keeps its own copy (written below, once a resumed checkpoint has accepted
+            # it): checkpoints then name a tokenizer that stays with them.
+            self.identity = tokenizer_identity(self.tokenizer, str(self.out_dir / "tokenizer.json"))
         self.loader = data.loader("train", self._loader_config(cfg.data.seed))
-        self.run_dir = RunDir(self.out_dir, Checkpointer(self.out_dir, cfg.train.keep_checkpoints,
-                                                         cfg.train.async_checkpoint))
+        t = cfg.train
+        self.run_dir = RunDir.for_training(self.out_dir, t.keep_checkpoints, t.async_checkpoint, resume, overwrite)
         self.checkpointer = self.run_dir.checkpointer
-        latest = self.run_dir.latest_step if resume else None
-        if latest is not None:
-            self.ts, data_state = self.run_dir.restore(latest, cfg, self.mesh, self.identity)
+        progress, restored = {}, None
+        if resume:
+            # The newest checkpoint that reads whole; shapes, optimizer and tokenizer are checked
+            # against it before any file of the run is written.
+            self.ts, data_state = self.run_dir.restore(None, cfg, self.mesh, self.identity)
+            restored = self.ts.step
+            self.run_dir.set_aside_unreadable(restored)
             self.loader.set_state(data_state)
-            print(f"resumed from {self.checkpointer.directory}/{latest}", flush=True)
+            progress = self.run_dir.meta(restored).get("progress", {})  # absent in older checkpoints
+            print(f"resumed from {self.checkpointer.directory}/{restored}", flush=True)
         else:
             self.ts = create_state(cfg, self.mesh)
             if init is not None:
                 init(self.ts)
+        # The smoothed loss and the skip count continue from the checkpoint (its meta's "progress").
+        self.ema = EMA(t.loss_ema, **progress.get("loss_ema", {}))
+        self.skipped = progress.get("skipped_nonfinite", 0)
         if jax.process_index() == 0:
             print(self.ts.plan.describe(self.mesh), flush=True)
         self.train_step = make_train_step(cfg, self.ts)
         self.eval_step = make_eval_step(self.ts.graphdef)
-        self.log = MetricsLog(self.out_dir)
+        self.log = MetricsLog(self.out_dir, after_step=restored)  # a resume drops the steps it will redo
         if jax.process_index() == 0:
-            (self.out_dir / "config.yaml").write_text(dump_config(cfg))
+            atomic_write(self.out_dir / "config.yaml", dump_config(cfg))
+            if self.tokenizer is not None:
+                self.tokenizer.save(self.out_dir / "tokenizer.json")  # atomic too (fileio.py)
 
     def _loader_config(self, seed: int, batch: int | None = None) -> LoaderConfig:
         d = self.cfg.data
@@ -116,7 +129,9 @@ class Trainer:
 
     def _meta(self) -> dict:
         return {"config": config_to_dict(self.cfg), "step": self.ts.step, "seed": self.cfg.train.seed,
-                "tokenizer": self.identity, "data_path": self.cfg.data.path}
+                "tokenizer": self.identity, "data_path": self.cfg.data.path,
+                # read back by a resume: the smoothed loss then continues exactly
+                "progress": {"loss_ema": self.ema.state(), "skipped_nonfinite": self.skipped}}
 
     def save(self, val_loss: float | None = None, wait: bool = False) -> None:
         self.checkpointer.save(self.ts.step, self.ts.state, self.loader.get_state(), self._meta(), val_loss, wait)
@@ -156,16 +171,19 @@ class Trainer:
         t = self.cfg.train
         prompt = self.tokenizer.encode(t.sample_prompt) if t.sample_prompt else [self.tokenizer.eos_id]
         model, _ = self.ts.models()
-        sampling = SamplingConfig(t.sample_tokens, t.sample_temperature, seed=t.seed + self.ts.step)
+        # vocab_limit: a model vocabulary padded past the tokenizer's (e.g. 50304 rows for 50257
+        # ids) must not sample the padding rows, which no tokenizer id can decode.
+        sampling = SamplingConfig(t.sample_tokens, t.sample_temperature, seed=t.seed + self.ts.step,
+                                  vocab_limit=self.tokenizer.vocab_size)
         return t.sample_prompt + self.tokenizer.decode(generate(model, [prompt], sampling)[0])
 
     def _start_progress(self) -> None:
-        """What _record needs across steps: the clock, the smoothed loss, the bar, the FLOPs."""
+        """What _record needs across steps: the clock, the bar, the FLOPs."""
         cfg, t = self.cfg, self.cfg.train
         self.tokens_per_step = t.batch_size * cfg.data.seq_len
         self.flops = flops_per_token(cfg.model, cfg.data.seq_len)
         self.peak = peak_flops_per_device(t.peak_tflops)
-        self.ema, self.skipped, self.last_time = EMA(t.loss_ema), 0, time.perf_counter()
+        self.last_time = time.perf_counter()  # (the EMA and skip count: __init__, from a resume)
         self.bar = None
         if jax.process_index() == 0:
             from tqdm import tqdm
@@ -201,6 +219,10 @@ class Trainer:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", ema=f"{record.get('loss_ema', float('nan')):.4f}",
                                  lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+        if os.environ.get(KILL_AT_STEP) == str(done_step):
+            # Tests only: let the earlier async saves commit first, so that "kill -9 at step N"
+            # tests the resume from the last checkpoint, not the save race (MYLM_TEST_KILL_DURING_SAVE's).
+            self.checkpointer.wait()
         kill_if_asked(KILL_AT_STEP, done_step)  # tests only (mylm_jax/train/faults.py)
 
     def _say(self, text: str) -> None:
@@ -261,9 +283,9 @@ class Trainer:
         return step
 
 
-def pretrain(cfg: Config, resume: bool = False) -> int:
+def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False) -> int:
     """Train to cfg.train.steps (or until stopped); returns the last step."""
     try:
-        return Trainer(cfg, ShardsSource(cfg), resume).run()
+        return Trainer(cfg, ShardsSource(cfg), resume, overwrite=overwrite).run()
     except DataError as e:
         raise ConfigError(str(e)) from None

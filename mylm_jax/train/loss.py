@@ -57,7 +57,7 @@ def weighted_terms(terms: Mapping[str, jax.Array], weights: Mapping[str, float])
     missing = sorted(set(terms) - set(weights))
     if missing:
         raise KeyError(f"the model reports loss term(s) {missing} that the `loss` config section has no "
-                       f"weight for (mylm_jax/config.py LossConfig: {sorted(weights)})")
+                       f"weight for (mylm_jax/config/schema.py LossConfig: {sorted(weights)})")
     return sum((weights[name] * term for name, term in terms.items()), jnp.zeros((), jnp.float32))
 
 

@@ -11,6 +11,13 @@ MFU (model FLOPs utilisation) = achieved model FLOPs / peak FLOPs
       / (devices x peak FLOP/s per device).
 The peak comes from `train.peak_tflops` or, for known accelerators, the table below
 (dense bfloat16); on a CPU without a configured peak, MFU is not reported.
+
+A resumed run redoes the steps after its checkpoint, so `MetricsLog(out_dir, after_step=N)`
+first drops the records past step N from metrics.jsonl (rewritten atomically): each step
+then has one record, the one of the trajectory the run continues. TensorBoard's event files
+are append-only; the writer is opened with `purge_step=N + 1`, which tells TensorBoard to
+hide the older events from step N + 1 on. The smoothed loss's state (`EMA.state`) travels
+in the checkpoint's meta, so `loss_ema` continues as if the run had never stopped.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+
+from mylm_jax.fileio import atomic_write
 
 PEAK_TFLOPS = {  # dense bf16 per chip, by device_kind prefix
     "NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0, "NVIDIA L4": 121.0,
@@ -41,8 +50,12 @@ def peak_flops_per_device(configured_tflops: float) -> float | None:
 class EMA:
     """Exponential moving average with bias correction (the first values are not pulled to 0)."""
 
-    def __init__(self, decay: float):
-        self.decay, self.value, self.count = decay, 0.0, 0
+    def __init__(self, decay: float, value: float = 0.0, count: int = 0):
+        self.decay, self.value, self.count = decay, value, count
+
+    def state(self) -> dict:
+        """What a checkpoint keeps to continue the average exactly (JSON keeps floats exactly)."""
+        return {"value": self.value, "count": self.count}
 
     def update(self, x: float) -> float:
         self.count += 1
@@ -61,19 +74,48 @@ def _scalars(record: dict):
             yield key, float(value)
 
 
-class MetricsLog:
-    """Append-only JSONL + TensorBoard; only process 0 writes."""
+def drop_records_after(path: Path, step: int) -> int:
+    """Rewrite a metrics.jsonl without the records past `step`; returns how many went.
+    A last line cut short by a crash (no newline, not JSON) goes too; any other line stays."""
+    if not path.is_file():
+        return 0
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1 and not text.endswith("\n"):
+                continue  # torn by the crash
+            kept.append(line)
+            continue
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step):
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True):
+
+class MetricsLog:
+    """Append-only JSONL + TensorBoard; only process 0 writes.
+
+    after_step: a resumed run's restored step; the records past it are dropped first.
+    """
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, after_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self.path = Path(out_dir) / "metrics.jsonl"
         self.writer = None
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if after_step is not None:
+                drop_records_after(self.path, after_step)
             self.file = open(self.path, "a", encoding="utf-8")
             if tensorboard:
                 from tensorboardX import SummaryWriter
-                self.writer = SummaryWriter(str(Path(out_dir) / "tb"))
+                purge = None if after_step is None else after_step + 1
+                self.writer = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=purge)
 
     def write(self, record: dict) -> None:
         if not self.enabled:

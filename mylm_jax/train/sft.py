@@ -51,11 +51,12 @@ def _grow(old: np.ndarray, new_shape: tuple, axis: int) -> np.ndarray:
     return np.concatenate([old, np.repeat(mean, extra, axis=axis)], axis=axis)
 
 
-def pretrained_init(base: RunDir, step: int, cfg: Config, keep_optimizer: bool):
-    """A function that loads the pretrained run's weights into a freshly created TrainState."""
+def pretrained_init(base: RunDir, step: int | None, cfg: Config, keep_optimizer: bool):
+    """A function that loads the pretrained run's weights into a freshly created TrainState.
+    step None: the newest checkpoint that reads whole (RunDir.restore falls back past damaged ones)."""
     old_cfg = dataclasses.replace(base.config(step), mesh=cfg.mesh)
     old, _ = base.restore(step, old_cfg, make_mesh(cfg.mesh), check=False)
-    old_state = old.state
+    old_state, step = old.state, old.step
     grown = old_cfg.model.vocab_size != cfg.model.vocab_size
     if keep_optimizer and grown:
         raise ConfigError("sft.optimizer=continue cannot be used with a grown vocabulary (the moments' shapes differ)")
@@ -82,11 +83,14 @@ def pretrained_init(base: RunDir, step: int, cfg: Config, keep_optimizer: bool):
     return init
 
 
-def sft(cfg: Config, resume: bool = False) -> int:
+def sft(cfg: Config, resume: bool = False, overwrite: bool = False) -> int:
     if not cfg.sft.init_from:
         raise ConfigError("sft.init_from is empty: name the pretraining run directory to fine-tune")
     base = RunDir.open(cfg.sft.init_from)
-    step = base.step(None if cfg.sft.init_step < 0 else cfg.sft.init_step)
+    asked = None if cfg.sft.init_step < 0 else cfg.sft.init_step
+    step = base.step(asked)
+    # The base's tokenizer is checked against its checkpoint (RunDir.tokenizer); the SFT run's
+    # own checkpoints record the (possibly extended) one, which a resume checks in turn.
     tokenizer = with_chat_tokens(base.tokenizer(step), cfg.sft.extend_vocab, cfg.sft.init_from)
     model = base.config(step).model
     model = dataclasses.replace(model, vocab_size=max(model.vocab_size, tokenizer.vocab_size))
@@ -96,7 +100,7 @@ def sft(cfg: Config, resume: bool = False) -> int:
     cfg = dataclasses.replace(cfg, model=model)
     try:
         data = SFTSource(cfg, tokenizer)
-        init = pretrained_init(base, step, cfg, cfg.sft.optimizer == "continue")
-        return Trainer(cfg, data, resume, init).run()
+        init = pretrained_init(base, asked, cfg, cfg.sft.optimizer == "continue")
+        return Trainer(cfg, data, resume, init, overwrite=overwrite).run()
     except DataError as e:
         raise ConfigError(str(e)) from None

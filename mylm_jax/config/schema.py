@@ -1,41 +1,15 @@
-"""Experiment configuration: dataclass schemas, YAML loading, dotted overrides, validation.
+"""The seven config sections, each a frozen dataclass validated when it is made.
 
-A config is seven sections, each a frozen dataclass:
-
-    model   what network to build (shared by the JAX model and the PyTorch twin)
-    data    where tokens come from and how batches are shaped
-    optim   optimizer and learning-rate schedule
-    loss    the weights of the extra loss terms a model reports (MoE's aux losses)
-    train   the loop: steps, seed, logging, output
-    mesh    how devices are arranged for sharding
-    sft     supervised fine-tuning of a pretrained run
-
-`load_config("configs/x.yaml", ["model.d_model=128"])` reads YAML, applies overrides
-(values parsed as YAML, so `true`, `1e-3`, `[0, 2]` work) and validates every key
-against the schema. Any mistake raises `ConfigError` with a one-line message naming
-the key and what was expected; the CLI prints it without a traceback.
-
-This module imports no jax: the twin, the tokenizer and the scripts use it too.
+Each section checks its own fields (ranges: mylm_jax/config/validation.py) and the
+relations between them; `Config` checks the relations across sections.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; its message is one line."""
-
-
-# --------------------------------------------------------------------------- schemas
+from mylm_jax.config.validation import ConfigError, check_fields
 
 Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu"]
@@ -88,7 +62,15 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: DType = "float32"  # compute dtype of matmul inputs; params and accumulation stay float32
 
+    RANGES = {  # see check_fields; the Optional sizes are checked when set
+        "vocab_size": "> 0", "max_seq_len": "> 0", "d_model": "> 0", "n_layers": "> 0", "n_heads": "> 0",
+        "n_kv_heads": "> 0", "d_ff": "> 0", "rope_theta": "> 0", "norm_eps": "> 0", "attention_block": "> 0",
+        "n_experts": ">= 0", "n_shared_experts": ">= 0", "top_k": "> 0", "moe_d_ff": "> 0",
+        "moe_block_rows": "> 0", "init_std": "> 0",
+    }
+
     def __post_init__(self):
+        check_fields(self, "model")  # first: the checks below divide by these sizes
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
@@ -107,10 +89,6 @@ class ModelConfig:
                     f"model.moe_layers has {bad}: layer indices must be in [0, {self.n_layers})")
         elif self.moe_layers or self.n_shared_experts:
             raise ConfigError("model.moe_layers / model.n_shared_experts need model.n_experts > 0")
-        for key in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "attention_block",
-                    "moe_block_rows"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
 
     @property
     def head_dim(self) -> int:
@@ -146,6 +124,12 @@ class DataConfig:
     align_to_documents: bool = False  # packed: every row starts at a document start
     workers: int = 0  # grain prefetch processes (0: in the training process)
 
+    # Seeds: numpy's generators refuse negative ones, jax's keys those of 2**63 and more.
+    RANGES = {"seq_len": "> 0", "seed": "[0, 2**32)", "workers": ">= 0"}
+
+    def __post_init__(self):
+        check_fields(self, "data")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -178,21 +162,17 @@ class OptimConfig:
     muon_momentum_warmup_steps: int = 0
     muon_momentum_start: float = 0.85
 
+    # eps > 0: with eps = 0 a parameter whose gradient is 0 gets the update 0 / 0 = NaN.
+    # muon_ns_steps > 0: without Newton-Schulz steps the update is not orthogonalised (not Muon).
+    RANGES = {
+        "lr": "> 0", "weight_decay": ">= 0", "beta1": "[0, 1)", "beta2": "[0, 1)", "eps": "> 0",
+        "grad_clip": ">= 0", "warmup_steps": ">= 0", "min_lr_ratio": "[0, 1]", "decay_fraction": "[0, 1]",
+        "muon_lr": "> 0", "muon_weight_decay": ">= 0", "muon_momentum": "[0, 1)", "muon_ns_steps": "> 0",
+        "muon_momentum_warmup_steps": ">= 0", "muon_momentum_start": "[0, 1)",
+    }
+
     def __post_init__(self):
-        for name in ("lr", "muon_lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"optim.{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0 <= self.decay_fraction <= 1:
-            raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {self.decay_fraction}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.muon_momentum_warmup_steps < 0 or self.muon_ns_steps < 0:
-            raise ConfigError("optim.muon_momentum_warmup_steps and optim.muon_ns_steps must be >= 0")
-        for name in ("beta1", "beta2", "muon_momentum", "muon_momentum_start"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
+        check_fields(self, "optim")
 
 
 @dataclass(frozen=True)
@@ -208,6 +188,11 @@ class LossConfig:
 
     load_balance: float = 0.01  # MoE: Switch load-balancing loss (mylm_jax/model/moe.py)
     router_z: float = 0.001  # MoE: router z-loss (ST-MoE)
+
+    RANGES = {"load_balance": ">= 0", "router_z": ">= 0"}  # a negative weight would reward the imbalance
+
+    def __post_init__(self):
+        check_fields(self, "loss")
 
 
 @dataclass(frozen=True)
@@ -232,7 +217,17 @@ class TrainConfig:
     peak_tflops: float = 0.0  # per device, for MFU; 0: from the device table (or not reported)
     out_dir: str = "runs/default"
 
+    # steps > 0: a run of 0 steps would train nothing and still exit 0. The *_every
+    # fields that say "0 disables" accept 0; log_every does not (it divides the step).
+    RANGES = {
+        "steps": "> 0", "batch_size": "> 0", "microbatches": "> 0", "seed": "[0, 2**32)", "log_every": "> 0",
+        "eval_every": ">= 0", "eval_batches": "> 0", "sample_every": ">= 0", "sample_tokens": "> 0",
+        "sample_temperature": ">= 0", "checkpoint_every": ">= 0", "keep_checkpoints": "> 0",
+        "loss_ema": "[0, 1)", "peak_tflops": ">= 0",
+    }
+
     def __post_init__(self):
+        check_fields(self, "train")
         if self.microbatches < 1 or self.batch_size % self.microbatches:
             raise ConfigError(
                 f"train.microbatches={self.microbatches} must be >= 1 and divide "
@@ -254,7 +249,12 @@ class MeshConfig:
     num_processes: int = 0
     process_id: int = -1
 
+    # -1 is "all remaining devices" for a mesh axis, "from the environment" for process_id.
+    RANGES = {"data": ">= -1", "fsdp": ">= -1", "tensor": ">= -1", "expert": ">= -1",
+              "num_processes": ">= 0", "process_id": ">= -1"}
+
     def __post_init__(self):
+        check_fields(self, "mesh")
         sizes = (self.data, self.fsdp, self.tensor, self.expert)
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"mesh sizes must be positive with at most one -1, got {sizes}")
@@ -272,9 +272,10 @@ class SFTConfig:
     optimizer: Literal["fresh", "continue"] = "fresh"  # continue: the pretrained run's optimizer state too
     extend_vocab: bool = False  # add missing chat tokens to the tokenizer and grow the embeddings
 
+    RANGES = {"val_fraction": "[0, 1)", "init_step": ">= -1"}  # init_step -1: the latest
+
     def __post_init__(self):
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"sft.val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_fields(self, "sft")
 
 
 @dataclass(frozen=True)
@@ -296,151 +297,3 @@ class Config:
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
-
-
-# --------------------------------------------------------------------------- parsing
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; return it converted (e.g. list -> tuple)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):  # Optional[X]
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}={value!r} is not valid; expected {_type_name(tp)}")
-        return value
-    if origin is tuple:  # tuple[int, ...]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} is not valid; expected a list")
-        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads "3e-4" (no dot) as a string; accept what Python reads as a number.
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[tp]
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not valid; expected {_type_name(tp)}")
-    return float(value) if tp is float else value
-
-
-def _build(cls: type, values: dict, prefix: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"unknown key '{prefix}{key}'; valid keys: {', '.join(names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, prefix + key)
-    return cls(**kwargs)
-
-
-# Keys that moved: old name -> new name. Old configs and checkpoints still load, with a
-# one-line note (once per key and process).
-RENAMED_KEYS = {
-    "model.moe_aux_loss_weight": "loss.load_balance",
-    "model.moe_z_loss_weight": "loss.router_z",
-}
-_noted: set[str] = set()
-
-
-def _rename_old_keys(values: dict) -> dict:
-    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
-    for old, new in RENAMED_KEYS.items():
-        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
-        section = values.get(old_section)
-        if not isinstance(section, dict) or old_key not in section:
-            continue
-        value = section.pop(old_key)
-        target = values.setdefault(new_section, {})
-        if isinstance(target, dict):
-            if new_key in target and target[new_key] != value:
-                raise ConfigError(f"both '{old}' (its old name) and '{new}' are set, to {value!r} and "
-                                  f"{target[new_key]!r}; keep only '{new}'")
-            target[new_key] = value
-        if old not in _noted:
-            _noted.add(old)
-            print(f"mylm: note: '{old}' is now '{new}' (read as such; rename it in your config)",
-                  file=sys.stderr)
-    return values
-
-
-def config_from_dict(values: dict) -> Config:
-    if isinstance(values, dict):
-        values = _rename_old_keys(values)
-    return _build(Config, values, "")
-
-
-def config_to_dict(config: Config) -> dict:
-    def plain(x):
-        return list(x) if isinstance(x, tuple) else x
-    return {
-        section: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, section)).items()}
-        for section in (f.name for f in dataclasses.fields(config))
-    }
-
-
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Apply `section.key=value` strings to a nested dict (a copy); values are parsed as YAML."""
-    values = {k: dict(v or {}) for k, v in values.items()}
-    sections = [f.name for f in dataclasses.fields(Config)]
-    for item in overrides:
-        path, sep, raw = item.partition("=")
-        section, dot, key = path.partition(".")
-        if not sep or not dot or not key:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        if section not in sections:
-            raise ConfigError(f"override '{item}': unknown section '{section}'; "
-                              f"valid sections: {', '.join(sections)}")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        values.setdefault(section, {})[key] = value
-    return values
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (or start from the defaults) and apply dotted overrides."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    try:
-        return config_from_dict(apply_overrides(values, list(overrides)))
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
-
-
-def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
