@@ -36,14 +36,15 @@ sys.path.insert(0, str(ROOT))
 from mylm_jax.config import ConfigError  # noqa: E402
 from mylm_jax.studies.datasets import draw_batches, prepare_dataset, study_config  # noqa: E402
 from mylm_jax.studies.results import figure, markdown_table, save_figure, write_results  # noqa: E402
-from mylm_jax.studies.script import StudyError, add_study_args, fail, peak_rss_mb  # noqa: E402
+from mylm_jax.studies.script import StudyError, add_study_args, fail, peak_rss_mb, with_overrides  # noqa: E402
 from mylm_jax.variants import STUDY_VARIANTS, variant_model  # noqa: E402
 
 PROG = "compare_frameworks.py"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--variant", default="modern", help=f"one of {', '.join(STUDY_VARIANTS)}")
     p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw")
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     try:
         variant_model(args.variant)
         data_path = prepare_dataset(args.data, args.vocab, args.cache, args.max_chars)
-        cfg = build_config(args, data_path)
+        cfg = with_overrides(build_config(args, data_path), args.overrides)
     except ConfigError as e:
         fail(PROG, str(e))
     from mylm_jax.model.accounting import param_count

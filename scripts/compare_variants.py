@@ -31,7 +31,7 @@ from mylm_jax.config import ConfigError  # noqa: E402
 from mylm_jax.studies.datasets import prepare_dataset, study_config  # noqa: E402
 from mylm_jax.studies.results import (  # noqa: E402
     figure, markdown_table, read_metrics, save_figure, series, write_results)
-from mylm_jax.studies.script import StudyError, add_study_args, fail  # noqa: E402
+from mylm_jax.studies.script import StudyError, add_study_args, fail, with_overrides  # noqa: E402
 from mylm_jax.variants import STUDY_VARIANTS, variant_model  # noqa: E402
 
 PROG = "compare_variants.py"
@@ -39,7 +39,8 @@ OPTIM = {"adamw": {"name": "adamw"}, "muon": {"name": "muon", "muon_lr": 0.02}}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(STUDY_VARIANTS))
     p.add_argument("--optimizers", nargs="+", default=["adamw", "muon"])
     p.add_argument("--repeat", default="modern/adamw", help="VARIANT/OPTIMIZER trained again with seed 1 ('' none)")
@@ -64,17 +65,23 @@ def plan(args) -> list[tuple[str, str, int]]:
     return runs
 
 
-def train_one(args, data_path: str, variant: str, optimizer: str, seed: int) -> dict:
-    from mylm_jax.model.accounting import active_matmul_params, param_count
-    from mylm_jax.train.loop import pretrain
-
-    name = f"{variant}-{optimizer}-seed{seed}"
-    out = Path(args.out) / "runs" / name
+def run_config(args, data_path: str, variant: str, optimizer: str, seed: int):
+    """One run's config (the study's overrides applied), and where it goes."""
+    out = Path(args.out) / "runs" / f"{variant}-{optimizer}-seed{seed}"
     cfg = study_config(data_path, out, variant_model(variant, args.d_model, args.layers, args.heads),
                        {**OPTIM[optimizer], "lr": args.lr, "warmup_steps": max(1, args.steps // 15)},
                        {"steps": args.steps, "batch_size": args.batch, "seed": seed, "log_every": 5,
                         "eval_every": args.eval_every},
                        seq_len=args.seq_len, data={"seed": seed})
+    return with_overrides(cfg, args.overrides), out
+
+
+def train_one(args, data_path: str, variant: str, optimizer: str, seed: int) -> dict:
+    from mylm_jax.model.accounting import active_matmul_params, param_count
+    from mylm_jax.train.loop import pretrain
+
+    name = f"{variant}-{optimizer}-seed{seed}"
+    cfg, out = run_config(args, data_path, variant, optimizer, seed)
     start = time.perf_counter()
     pretrain(cfg, overwrite=True)  # a rerun of the study replaces its earlier run
     wall = time.perf_counter() - start
@@ -94,6 +101,8 @@ def main(argv=None) -> int:
     try:
         runs = plan(args)
         data_path = prepare_dataset(args.data, args.vocab, args.cache, args.max_chars)
+        for run in runs:  # every run's config is checked (overrides included) before any trains
+            run_config(args, data_path, *run)
     except ConfigError as e:
         fail(PROG, str(e))
     results = []

@@ -21,7 +21,7 @@ with open(out, "w", encoding="utf-8") as f:
     for d in read_documents([f"{data}/sft/alpaca_zh_demo.json"], TextSelector(template="{instruction}\n{input}\n{output}")):
         f.write(json.dumps({"text": d.text}, ensure_ascii=False) + "\n")
 PY
-mylm tokenizer train --input "$OUT/corpus.jsonl" --vocab-size 4096 --pattern zh --out "$OUT/tokenizer.json" --quiet
+mylm tokenizer train "$OUT/corpus.jsonl" --vocab-size 4096 --pattern zh --out "$OUT/tokenizer.json" --quiet
 mylm data prepare "$OUT/corpus.jsonl" --tokenizer "$OUT/tokenizer.json" --out "$OUT/data" --val-fraction 0.02
 mylm pretrain --config configs/poetry.yaml "$@"
 mylm sft --config configs/sft_alpaca_zh.yaml

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from mylm_jax.config import ConfigError  # noqa: E402
 from mylm_jax.studies.datasets import draw_batches, prepare_dataset, study_config  # noqa: E402
 from mylm_jax.studies.results import figure, markdown_table, save_figure, write_results  # noqa: E402
-from mylm_jax.studies.script import StudyError, add_study_args, fail  # noqa: E402
+from mylm_jax.studies.script import StudyError, add_study_args, fail, with_overrides  # noqa: E402
 from mylm_jax.variants import variant_model  # noqa: E402
 
 PROG = "init_study.py"
@@ -38,7 +38,8 @@ SCHEMES = ("normal", "gpt2_scaled", "xavier", "kaiming", "zero_out")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     p.add_argument("--variant", default="modern", help="a dense variant: gpt2, modern, gated_headwise, ...")
     p.add_argument("--steps", type=int, default=100)
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
                                                                              args.heads),
                             {"lr": args.lr, "warmup_steps": max(1, args.steps // 20)},
                             {"steps": args.steps, "batch_size": args.batch, "seed": args.seed}, seq_len=args.seq_len)
+        base = with_overrides(base, args.overrides)
     except ConfigError as e:
         fail(PROG, str(e))
     batches = draw_batches(base, args.steps)

@@ -55,7 +55,8 @@ LAYERS = (
     ("mylm_jax.model", "mylm_jax.parallel"),                                  # 3
     ("mylm_jax.optim", "mylm_jax.generate"),                                  # 4
     ("mylm_jax.train",),                                                      # 5
-    ("mylm_jax.studies", "mylm_jax.api", "mylm_jax.interop", "mylm_jax.serve"),  # 6
+    ("mylm_jax.studies", "mylm_jax.api", "mylm_jax.interop", "mylm_jax.serve",
+     "mylm_jax.quickstart"),                                                  # 6
     ("mylm_jax.cli",),                                                        # 7 the `mylm` command
 )
 JAX_FREE_PARTS = ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.tokenizer")

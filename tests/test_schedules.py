@@ -46,8 +46,9 @@ def test_schedule_scales_by_lr():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["optim.schedule=wsd", "optim.decay_fraction=0.5", "optim.warmup_steps=600"], "plus the wsd decay (500 steps)"),
-    (["optim.warmup_steps=2000"], "exceed train.steps=1000"),
+    # the warmup is clamped to steps // 10 first (Config.__post_init__); only a wsd decay can still not fit
+    (["optim.schedule=wsd", "optim.decay_fraction=0.95", "optim.warmup_steps=600"],
+     "optim.warmup_steps=600 (even clamped to 100) plus the wsd decay (950 steps"),
     (["optim.decay_fraction=1.5"], "optim.decay_fraction must be in [0, 1]"),
     (["optim.decay_shape=exp"], "expected one of 'linear', 'cosine', '1-sqrt'"),
 ])

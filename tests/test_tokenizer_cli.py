@@ -63,7 +63,7 @@ def test_cli_train_inspect_encode_decode_export(tmp_path, capsys):
     records = tmp_path / "docs.jsonl"
     records.write_text("\n".join(json.dumps({"text": line}) for line in english_text().splitlines()[:300]))
     out = tmp_path / "tok.json"
-    assert main(["tokenizer", "train", "--input", str(records), "--field", "text", "--vocab-size", "300",
+    assert main(["tokenizer", "train", str(records), "--field", "text", "--vocab-size", "300",
                  "--out", str(out), "--quiet"]) == 0
     tok = Tokenizer.load(out)
     assert main(["tokenizer", "inspect", "--tokenizer", str(out)]) == 0
@@ -80,9 +80,9 @@ def test_cli_train_inspect_encode_decode_export(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--input", "missing.txt", "--vocab-size", "300", "--out", "x.json"],
+    (["train", "missing.txt", "--vocab-size", "300", "--out", "x.json"],
      "mylm: error: input not found: missing.txt"),
-    (["train", "--input", "pyproject.toml", "--vocab-size", "300", "--out", "x.json", "--on-error", "fail"],
+    (["train", "pyproject.toml", "--vocab-size", "300", "--out", "x.json", "--on-error", "fail"],
      "mylm: error: pyproject.toml: unknown extension '.toml'"),
     (["inspect", "--tokenizer", "README.md"], "mylm: error: README.md: not valid JSON"),
     (["decode", "--tokenizer", "missing.json", "1"], "mylm: error: tokenizer file not found: missing.json"),
@@ -98,9 +98,9 @@ def test_cli_bad_vocab_size_and_json_input(tmp_path):
     (tmp_path / "a.txt").write_text("hello world")
     (tmp_path / "b.json").write_text("[{\"text\": 1")
     for args, message in [
-        (["--input", "a.txt", "--vocab-size", "10"], "mylm: error: vocab_size=10 is too small"),
-        (["--input", "b.json", "--vocab-size", "300", "--on-error", "fail"], "mylm: error: b.json:1: invalid JSON"),
-        (["--input", "b.json", "--field", "body", "--vocab-size", "300"], "mylm: error: no training text"),
+        (["a.txt", "--vocab-size", "10"], "mylm: error: vocab_size=10 is too small"),
+        (["b.json", "--vocab-size", "300", "--on-error", "fail"], "mylm: error: b.json:1: invalid JSON"),
+        (["b.json", "--field", "body", "--vocab-size", "300"], "mylm: error: no training text"),
     ]:
         result = subprocess.run([sys.executable, "-m", "mylm_jax.cli", "tokenizer", "train", *args,
                                  "--out", "t.json", "--quiet"], capture_output=True, text=True, cwd=tmp_path,

@@ -1,10 +1,12 @@
 """The `mylm` command: one module per command group, each with add_parser(subparsers) and run(args).
 
+    mylm quickstart [--out DIR] [--corpus C] [overrides]      tokenizer -> shards -> pretraining  (quickstart.py)
     mylm config | params | optim --config X [overrides]       the config, the model, the grouping  (model.py)
     mylm tokenizer train | encode | decode | export-hf | inspect   the BPE tokenizer        (tokenizer.py)
-    mylm data prepare INPUT... | inspect DIR                  token shards from raw text        (data.py)
-    mylm pretrain | sft | checkpoint show | set-config         training and its run directories  (train.py)
+    mylm data prepare | clean INPUT... | inspect DIR          token shards / cleaned JSONL      (data.py)
+    mylm pretrain | sft | checkpoint show [--weights] | set-config   training and its runs      (train.py)
     mylm generate | chat --checkpoint RUN_DIR                 a trained model, in a terminal    (generate.py)
+    mylm eval RUN_DIR --data DIR | --text FILE...            loss, perplexity, bits per byte   (evaluate.py)
     mylm plot RUN_DIR... | search --config X --space S        the studies' commands             (studies.py)
 
 This package is the top floor: it imports from every layer below and nothing imports it.
@@ -22,10 +24,11 @@ import argparse
 import os
 import sys
 
-from mylm_jax.cli import data, generate, model, studies, tokenizer, train
+from mylm_jax.cli import data, generate, model, quickstart, studies, tokenizer, train
+from mylm_jax.cli import evaluate
 from mylm_jax.cli.common import USER_ERRORS
 
-GROUPS = (model, tokenizer, data, train, generate, studies)
+GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from mylm_jax.cli.common import quiet_libraries
+from mylm_jax.cli.common import HelpFormatter, quiet_libraries
 from mylm_jax.config import ConfigError
 from mylm_jax.tokenizer.chat import fit_history
 from mylm_jax.tokenizer.specials import BOS
@@ -28,22 +28,33 @@ from mylm_jax.tokenizer.specials import BOS
 def add_sampling_args(p) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a pretrain or sft run directory")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int,
+                   help="tokens to generate per answer (default: min(128, the model's max_seq_len // 2))")
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set with this mass")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalise the tokens already in the text (1: none)")
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed")
+
+
+def max_new_tokens(args, max_seq_len: int | None) -> int:
+    """--max-new-tokens, or the default that fits the model: min(128, max_seq_len // 2)
+    (before the checkpoint is read: 128, for the flags' check)."""
+    if args.max_new_tokens is not None:
+        return args.max_new_tokens
+    return 128 if max_seq_len is None else max(1, min(128, max_seq_len // 2))
 
 
 def add_parser(subparsers) -> None:
-    g = subparsers.add_parser("generate", help="continue a prompt with a trained model")
+    g = subparsers.add_parser("generate", help="continue a prompt with a trained model", formatter_class=HelpFormatter)
     add_sampling_args(g)
     g.add_argument("--prompt", default="", help="the text to continue (default: from BOS)")
     g.add_argument("--num-samples", type=int, default=1, help="a batch of samples of the same prompt")
-    c = subparsers.add_parser("chat", help="talk to an SFT model (multi-turn, /reset, /exit)")
+    c = subparsers.add_parser("chat", help="talk to an SFT model (multi-turn, /reset, /exit)",
+                              formatter_class=HelpFormatter)
     add_sampling_args(c)
-    c.add_argument("--system", default="", help="a system message at the start of every conversation")
+    c.add_argument("--system", default="", help="a system message at the start of every conversation (default: none)")
 
 
 class Streamer:
@@ -64,11 +75,12 @@ class Streamer:
             self.printed = text
 
 
-def _sampling(args, tok=None, stop_tokens=()):
+def _sampling(args, tok=None, stop_tokens=(), max_seq_len=None):
     """The flags as a SamplingConfig (which range-checks them); with the tokenizer, its
     vocabulary is the limit of what may be sampled (the model's may be padded past it)."""
     from mylm_jax.generate import SamplingConfig
-    return SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
+    return SamplingConfig(max_new_tokens(args, max_seq_len), args.temperature, args.top_k, args.top_p,
+                          args.repetition_penalty,
                           tuple(stop_tokens), args.seed, vocab_limit=tok.vocab_size if tok is not None else None)
 
 
@@ -82,7 +94,7 @@ def cmd_generate(args) -> None:
     model, cfg, tok = RunDir.open(args.checkpoint).load_model(args.step)
     bos = tok.bos_id if BOS in tok.special_tokens else tok.eos_id  # an empty prompt starts a document
     prompt = tok.encode(args.prompt) if args.prompt else [bos]
-    generator = Generator(model, _sampling(args, tok, [tok.eos_id]))
+    generator = Generator(model, _sampling(args, tok, [tok.eos_id], cfg.model.max_seq_len))
     print(args.prompt, end="", flush=True)
     outputs = generator([prompt] * args.num_samples, Streamer(tok))
     print()
@@ -98,12 +110,13 @@ def cmd_chat(args, lines=None) -> None:
     model, cfg, tok = RunDir.open(args.checkpoint).load_model(args.step)
     if not tok.has_chat_tokens:
         raise ConfigError(f"{args.checkpoint}: the tokenizer has no chat tokens; chat needs an SFT run")
-    generator = Generator(model, _sampling(args, tok, [tok.end_of_turn_id, tok.eos_id]))
+    new_tokens = max_new_tokens(args, cfg.model.max_seq_len)
+    generator = Generator(model, _sampling(args, tok, [tok.end_of_turn_id, tok.eos_id], cfg.model.max_seq_len))
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
-    room = cfg.model.max_seq_len - args.max_new_tokens
+    room = cfg.model.max_seq_len - new_tokens
     if room < 8:
-        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation "
+        raise ConfigError(f"--max-new-tokens {new_tokens} leaves no room for the conversation "
                           f"in a context of {cfg.model.max_seq_len}")
     print("chat: /reset starts over, /exit quits", flush=True)
     piped = not sys.stdin.isatty()  # a script feeds the chat: echo its lines into the transcript

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from mylm_jax.cli.common import add_config_args
+from mylm_jax.cli.common import HelpFormatter, add_config_args
 from mylm_jax.config import Config, dump_config, load_config
 
 
@@ -74,7 +74,8 @@ COMMANDS = {
 
 def add_parser(subparsers) -> None:
     for name, (_, help_text) in COMMANDS.items():
-        add_config_args(subparsers.add_parser(name, help=help_text, description=help_text))
+        add_config_args(subparsers.add_parser(name, help=help_text, description=help_text,
+                                              formatter_class=HelpFormatter))
 
 
 def run(args) -> None:

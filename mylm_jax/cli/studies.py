@@ -11,21 +11,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mylm_jax.cli.common import add_config_args, quiet_libraries
+from mylm_jax.cli.common import HelpFormatter, add_config_args, quiet_libraries
 from mylm_jax.studies.script import StudyError
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="plot runs' losses, lr, grad norm, tokens/s, expert load")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p = subparsers.add_parser("plot", help="plot runs' losses, lr, grad norm, tokens/s, expert load",
+                              formatter_class=HelpFormatter)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more run directories")
     p.add_argument("--out", help="where the PNGs go (default: the first run's plots/)")
     p.add_argument("--x", choices=("step", "tokens"), default="step", help="align runs by step or tokens")
     p.add_argument("--smooth", type=float, default=0.9, help="EMA decay of the smoothed loss (0: none)")
-    s = subparsers.add_parser("search", help="hyperparameter search with Optuna (resumable, pruned)")
+    s = subparsers.add_parser("search", help="hyperparameter search with Optuna (resumable, pruned)",
+                              formatter_class=HelpFormatter)
     add_config_args(s)
     s.add_argument("--space", required=True, help="search space YAML (see mylm_jax/studies/search.py)")
     s.add_argument("--trials", type=int, default=20, help="total finished trials wanted (resumes count)")
-    s.add_argument("--out", default="runs/search")
+    s.add_argument("--out", default="runs/search", help="where search.db, the results and the trial runs go")
     s.add_argument("--name", default="search", help="study name inside OUT/search.db")
     s.add_argument("--seed", type=int, default=0, help="the sampler's seed")
 

@@ -1,6 +1,6 @@
 """`mylm tokenizer train | encode | decode | export-hf | inspect`.
 
-    mylm tokenizer train --input a.txt data/ b.parquet --field text --vocab-size 8192 --out tok.json
+    mylm tokenizer train a.txt data/ b.parquet --field text --vocab-size 8192 --out tok.json [--quiet]
     mylm tokenizer encode --tokenizer tok.json [--text "..." | --input f.txt] [--allow-special]
     mylm tokenizer decode --tokenizer tok.json 15496 11 995
     mylm tokenizer export-hf --tokenizer tok.json --out tokenizer.json
@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from mylm_jax.cli.common import HelpFormatter, add_quiet
 from mylm_jax.data.errors import SkipLog
 from mylm_jax.data.readers import TextSelector, read_documents
 from mylm_jax.tokenizer import PRESET_PATTERNS, Tokenizer, TokenizerError, train_tokenizer
@@ -30,7 +31,7 @@ def read_training_texts(args, log) -> Iterator[str]:
     directories, globs, URLs; .txt / .json / .jsonl / .parquet; a field or a template.
     Bad records are skipped and counted in `log` (or stop the run with --on-error fail)."""
     selector = TextSelector(args.field, args.template.replace("\\n", "\n") if args.template else None)
-    for doc in read_documents(args.input, selector, log, txt_split=args.txt_split):
+    for doc in read_documents(args.inputs, selector, log, txt_split=args.txt_split):
         yield doc.text
 
 
@@ -51,6 +52,12 @@ def check_out(path: str) -> None:
 
 
 def cmd_train(args) -> None:
+    if args.input:  # the old grammar, still read: `--input A B` is the same as `A B`
+        print("note: --input is deprecated; give the inputs as positional arguments "
+              "(mylm tokenizer train A B ... --out F)", file=sys.stderr)
+    args.inputs = [*(args.inputs or []), *(args.input or [])]
+    if not args.inputs:
+        raise TokenizerError("no inputs: name the files, directories, globs or URLs to train on")
     check_out(args.out)
     log = SkipLog(args.on_error)
     texts = read_training_texts(args, log)
@@ -139,22 +146,26 @@ SUBCOMMANDS = {
 def add_parser(subparsers) -> None:
     """Add `tokenizer` and its sub-subcommands to the `mylm` parser's subparsers."""
     parser = subparsers.add_parser("tokenizer", help="train / use / export the BPE tokenizer",
-                                   description="Byte-level BPE tokenizer.")
+                                   description="Byte-level BPE tokenizer.", formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="tokenizer_command", required=True)
-    parsers = {name: sub.add_parser(name, help=text, description=text) for name, (_, text) in SUBCOMMANDS.items()}
+    parsers = {name: sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+               for name, (_, text) in SUBCOMMANDS.items()}
     train = parsers["train"]
-    train.add_argument("--input", nargs="+", required=True, metavar="PATH",
+    train.add_argument("inputs", nargs="*", metavar="INPUT",
                        help="files (.txt .json .jsonl .parquet), directories, globs or URLs")
+    train.add_argument("--input", nargs="+", metavar="PATH",
+                       help="deprecated: the same as giving the inputs positionally")
     train.add_argument("--field", default="text", help="the text field of JSON / JSONL / Parquet records")
-    train.add_argument("--template", help='join fields instead, e.g. "{title}\\n{paragraphs}"')
+    train.add_argument("--template", help='join fields instead, e.g. "{title}\\n{paragraphs}" (default: --field)')
     train.add_argument("--txt-split", default="file", help="a .txt file is one text (file), or split by "
                        "line, blank (paragraphs) or any separator")
     train.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="bad records: count or stop")
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--pattern", default="gpt4", help=f"{', '.join(PRESET_PATTERNS)} or a regex (default gpt4)")
-    train.add_argument("--min-frequency", type=int, default=1)
+    train.add_argument("--vocab-size", type=int, required=True, help="the size of the vocabulary, specials included")
+    train.add_argument("--pattern", default="gpt4",
+                       help=f"the pre-split regex: {', '.join(PRESET_PATTERNS)} or a regex")
+    train.add_argument("--min-frequency", type=int, default=1, help="merge only pairs seen at least this often")
     train.add_argument("--out", required=True, help="where to write the tokenizer (JSON)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(train)
     for name in ("encode", "decode", "export-hf", "inspect"):
         parsers[name].add_argument("--tokenizer", required=True, help="a tokenizer file written by `train`")
     parsers["encode"].add_argument("--text", help="the text (default: --input or stdin)")

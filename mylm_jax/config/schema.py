@@ -6,6 +6,8 @@ relations between them; `Config` checks the relations across sections.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -292,8 +294,17 @@ class Config:
         optim, steps = self.optim, self.train.steps
         decay = round(optim.decay_fraction * steps) if optim.schedule == "wsd" else 0
         if optim.warmup_steps + decay > steps:
-            raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} plus the wsd decay ({decay} steps) "
-                              f"exceed train.steps={steps}")
+            # A short run (train.steps=20 with the default 100 warmup steps) just works: the
+            # warmup is clamped to a tenth of the run, min(warmup_steps, steps // 10).
+            warmup = min(optim.warmup_steps, steps // 10)
+            if warmup + decay > steps:  # wsd only: the decay alone leaves no room
+                raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} (even clamped to {warmup}) plus the "
+                                  f"wsd decay ({decay} steps, optim.decay_fraction={optim.decay_fraction}) "
+                                  f"exceed train.steps={steps}")
+            what = f" plus the wsd decay ({decay} steps) exceed" if decay else " exceeds"
+            print(f"note: optim.warmup_steps={optim.warmup_steps}{what} train.steps={steps}; "
+                  f"warmup clamped to {warmup} (steps // 10)", file=sys.stderr)
+            object.__setattr__(self, "optim", dataclasses.replace(optim, warmup_steps=warmup))
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")

@@ -3,7 +3,10 @@
     inputs (files, dirs, globs, URLs)
       -> readers.read_documents      (bad records skipped and counted, or a one-line error)
       -> clean.Cleaner               (normalise, filter, dedup, downsample; counted per step)
-      -> tokenizer.encode            (worker processes, in order; + the EOS token if --eos)
+      -> encode                      (in order; + the EOS token if --eos): encoder "hf"
+                                     (hf_encode.py: HF `tokenizers` does the merges, on its
+                                     threads) or "python" (Tokenizer.encode, the reference, in
+                                     worker processes); "auto" = hf when importable; the same ids
       -> train / val split           ("document": each document to val with probability
                                       val_fraction, from a seeded generator; "tail": the last
                                       val_fraction of the token stream, nanoGPT style)
@@ -39,11 +42,13 @@ import numpy as np
 
 from mylm_jax.data.clean import DEFAULT_SPEC, Cleaner
 from mylm_jax.data.errors import DataError, OnError, SkipLog
+from mylm_jax.data.hf_encode import ENCODERS, HFEncoder, resolve_encoder
 from mylm_jax.data.readers import TextSelector, expand_inputs, read_documents
 from mylm_jax.data.shards import (METADATA, TMP_MARK, TOKENIZER_FILE, ShardWriter, read_metadata, token_dtype,
                                    write_metadata)
 
 CHUNK_DOCS = 256  # documents per task sent to a worker process
+HF_BATCH_DOCS = 2048  # documents per batch of the hf encoder (its new chunks: one encode_batch)
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,15 @@ class PrepareSettings:
     workers: int = 0  # 0: os.cpu_count()
     on_error: OnError = "skip"
     cache_dir: str | None = None
+    encoder: str = "auto"  # "hf" | "python" | "auto" (hf when `tokenizers` is importable): same ids
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 1:
             raise DataError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.split not in ("document", "tail"):
             raise DataError(f"split must be 'document' or 'tail', got {self.split!r}")
+        if self.encoder not in ENCODERS:
+            raise DataError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
 
 
 _worker_tokenizer = None
@@ -99,7 +107,10 @@ def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _fingerprint(settings: PrepareSettings, sources: list[dict], tokenizer_id: str) -> str:
-    key = json.dumps({"settings": asdict(settings) | {"out_dir": None, "workers": None},
+    # Neither where nor how fast (workers, encoder: the same ids) makes another dataset.
+    fields = asdict(settings) | {"out_dir": None, "workers": None}
+    fields.pop("encoder")
+    key = json.dumps({"settings": fields,
                       "sources": sources, "tokenizer": tokenizer_id}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -188,8 +199,16 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
             yield t
 
     workers = settings.workers or os.cpu_count() or 1
+    encoder = resolve_encoder(settings.encoder)
     pool = None
-    if workers > 1:
+    if encoder == "hf":
+        # In this process: HF's threads merge the new chunks of each batch (hf_encode.py), no
+        # worker processes to start. Its thread pool (rayon) reads RAYON_NUM_THREADS once, at
+        # its first use: --workers sets it unless the environment already does.
+        if settings.workers:
+            os.environ.setdefault("RAYON_NUM_THREADS", str(settings.workers))
+        encoded = map(HFEncoder(tokenizer).encode_batch, _chunks(counted(texts), HF_BATCH_DOCS))
+    elif workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer, True))
         encoded = pool.imap(_encode_chunk, _chunks(counted(texts), CHUNK_DOCS))
     else:
@@ -230,7 +249,7 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
                    "source": str(Path(settings.tokenizer).resolve()),
                    "eos_id": tokenizer.special_tokens.get("<|endoftext|>"),
                    "bos_id": tokenizer.special_tokens.get("<|bos|>")},
-        eos_appended=settings.eos, sources=sources,
+        eos_appended=settings.eos, encoder=encoder, sources=sources,
         reader={"records": cleaner.documents_in + log.total, "documents": cleaner.documents_in, **log.report()},
         cleaning=cleaner.report(), text_bytes=text_bytes, seconds=round(elapsed, 2),
         settings=asdict(settings), settings_hash=settings_hash)

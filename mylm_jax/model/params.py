@@ -73,6 +73,17 @@ def count_params(model: nnx.Module) -> int:
     return sum(int(np.prod(shape)) for shape in param_shapes(model).values())
 
 
+def param_stats(model: nnx.Module) -> dict[str, dict]:
+    """Per parameter: shape, L2 norm, mean, std and max |x| (in float64, from the float32
+    values), by dotted path; `mylm checkpoint show --weights` prints them."""
+    out = {}
+    for name, value in flat_params(model).items():
+        x = value.astype(np.float64)
+        out[name] = {"shape": tuple(value.shape), "norm": float(np.sqrt((x * x).sum())), "mean": float(x.mean()),
+                     "std": float(x.std()), "max_abs": float(np.abs(x).max()) if x.size else 0.0}
+    return out
+
+
 def random_params(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
     """Random float32 values for every parameter, so that no part of the math is trivial.
 

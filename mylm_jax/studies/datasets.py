@@ -1,8 +1,9 @@
 """The data of a study: which corpus, its tokenizer and shards (built once), the config of
 a short run on them, and the batches themselves.
 
-    corpus()               the default corpus: ../shared/data/tinyshakespeare.txt, or this
-                           repository's README and docs where the shared folder is absent
+    corpus()               the default corpus: ../shared/data/tinyshakespeare.txt, or the same
+                           text embedded in the package where the shared folder is absent
+                           (mylm_jax/data/corpora/; never the repository's own files)
     prepare_dataset(...)   a BPE tokenizer + token shards for a corpus, built once and cached
                            under runs/studies/cache/<key> (the key hashes the inputs and sizes)
     study_config(...)      a Config for a short study run (small model, no checkpoints)
@@ -28,7 +29,8 @@ def corpus() -> list[str]:
     shakespeare = SHARED_DATA / "tinyshakespeare.txt"
     if shakespeare.is_file():
         return [str(shakespeare)]
-    return [str(ROOT / "README.md"), str(ROOT / "docs")]
+    from mylm_jax.data.corpora import corpus_path
+    return [str(corpus_path("tinyshakespeare"))]
 
 
 def prepare_dataset(inputs: list[str] | None = None, vocab_size: int = 512,

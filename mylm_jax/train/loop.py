@@ -39,6 +39,7 @@ from mylm_jax.model.accounting import flops_per_token
 from mylm_jax.parallel import batch_divisor, initialize_distributed, make_mesh, shard_batch
 from mylm_jax.train.faults import KILL_AT_STEP, kill_if_asked
 from mylm_jax.train.metrics import EMA, MetricsLog, peak_flops_per_device
+from mylm_jax.train.progress import make_progress
 from mylm_jax.train.run_dir import RunDir
 from mylm_jax.train.signals import StopFlag
 from mylm_jax.train.state import create_state
@@ -71,10 +72,12 @@ class Trainer:
     stop the run (`mylm search` prunes trials this way).
     resume / overwrite: continue the run in train.out_dir / delete it and start again
     (neither: train.out_dir must hold no earlier run; RunDir.for_training).
+    quiet: no progress output (`--quiet`); the logs are written as always.
     """
 
     def __init__(self, cfg: Config, data: DataSource, resume: bool = False, init: Callable | None = None,
-                 on_eval: Callable[[int, dict], None] | None = None, overwrite: bool = False):
+                 on_eval: Callable[[int, dict], None] | None = None, overwrite: bool = False, quiet: bool = False):
+        self.quiet = quiet
         initialize_distributed(cfg.mesh)
         self.cfg, self.data, self.mesh, self.on_eval = cfg, data, make_mesh(cfg.mesh), on_eval
         self.local_batch = _check_batch(cfg, self.mesh)
@@ -178,17 +181,18 @@ class Trainer:
         return t.sample_prompt + self.tokenizer.decode(generate(model, [prompt], sampling)[0])
 
     def _start_progress(self) -> None:
-        """What _record needs across steps: the clock, the bar, the FLOPs."""
+        """What _record needs across steps: the clock, the progress printer, the FLOPs."""
         cfg, t = self.cfg, self.cfg.train
         self.tokens_per_step = t.batch_size * cfg.data.seq_len
         self.flops = flops_per_token(cfg.model, cfg.data.seq_len)
         self.peak = peak_flops_per_device(t.peak_tflops)
         self.last_time = time.perf_counter()  # (the EMA and skip count: __init__, from a resume)
-        self.bar = None
+        # A bar on a terminal, a plain line every log_every steps in a log file / CI / pipe,
+        # nothing when quiet (progress.py); only process 0 prints.
+        self.progress = None
         if jax.process_index() == 0:
-            from tqdm import tqdm
-            self.bar = tqdm(total=t.steps, initial=self.ts.step, desc="pretrain", dynamic_ncols=True,
-                            file=sys.stdout)
+            self.progress = make_progress(t.steps, self.ts.step, t.log_every, getattr(self, "quiet", False),
+                                          sys.stdout)
 
     def _record(self, done_step: int, metrics: dict) -> None:
         """Read back one dispatched step's metrics, log them, react to a non-finite loss."""
@@ -215,10 +219,8 @@ class Trainer:
             record["mfu"] = record["tokens_per_s"] * self.flops / (self.peak * jax.device_count())
         if done_step % t.log_every == 0 or done_step == t.steps:
             self.log.write(record)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", ema=f"{record.get('loss_ema', float('nan')):.4f}",
-                                 lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+        if self.progress is not None:
+            self.progress.step(done_step, record)
         if os.environ.get(KILL_AT_STEP) == str(done_step):
             # Tests only: let the earlier async saves commit first, so that "kill -9 at step N"
             # tests the resume from the last checkpoint, not the save race (MYLM_TEST_KILL_DURING_SAVE's).
@@ -226,8 +228,8 @@ class Trainer:
         kill_if_asked(KILL_AT_STEP, done_step)  # tests only (mylm_jax/train/faults.py)
 
     def _say(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
+        if self.progress is not None:
+            self.progress.say(text)
 
     def _evaluate_and_log(self, step: int) -> float | None:
         result = self.evaluate()
@@ -262,7 +264,7 @@ class Trainer:
                     self._record(*pending)
                     pending = None
                     val = self._evaluate_and_log(step) if evaluating else None
-                    if sampling and (text := self.sample()) is not None and self.bar is not None:
+                    if sampling and (text := self.sample()) is not None and self.progress is not None:
                         self._say(f"step {step} sample: {text!r}")
                         self.log.write({"step": step, "sample": text})
                     if saving:
@@ -276,16 +278,16 @@ class Trainer:
                       f"resume with --resume", flush=True)
         finally:
             stop.restore()
-            if self.bar is not None:
-                self.bar.close()
+            if self.progress is not None:
+                self.progress.close()
             self.checkpointer.wait()
             self.log.close()
         return step
 
 
-def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False) -> int:
-    """Train to cfg.train.steps (or until stopped); returns the last step."""
+def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> int:
+    """Train to cfg.train.steps (or until stopped); returns the last step. quiet: no progress output."""
     try:
-        return Trainer(cfg, ShardsSource(cfg), resume, overwrite=overwrite).run()
+        return Trainer(cfg, ShardsSource(cfg), resume, overwrite=overwrite, quiet=quiet).run()
     except DataError as e:
         raise ConfigError(str(e)) from None

@@ -83,7 +83,7 @@ def pretrained_init(base: RunDir, step: int | None, cfg: Config, keep_optimizer:
     return init
 
 
-def sft(cfg: Config, resume: bool = False, overwrite: bool = False) -> int:
+def sft(cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> int:
     if not cfg.sft.init_from:
         raise ConfigError("sft.init_from is empty: name the pretraining run directory to fine-tune")
     base = RunDir.open(cfg.sft.init_from)
@@ -101,6 +101,6 @@ def sft(cfg: Config, resume: bool = False, overwrite: bool = False) -> int:
     try:
         data = SFTSource(cfg, tokenizer)
         init = pretrained_init(base, asked, cfg, cfg.sft.optimizer == "continue")
-        return Trainer(cfg, data, resume, init, overwrite=overwrite).run()
+        return Trainer(cfg, data, resume, init, overwrite=overwrite, quiet=quiet).run()
     except DataError as e:
         raise ConfigError(str(e)) from None

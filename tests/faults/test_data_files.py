@@ -209,7 +209,7 @@ def test_a_lone_surrogate_is_a_counted_skip_for_every_reader(tmp_path, tok, caps
     assert main(["data", "prepare", str(tmp_path / "a.jsonl"), "--tokenizer", str(tok), "--out",
                  str(tmp_path / "out"), "--workers", "1"]) == 0
     assert read_metadata(tmp_path / "out")["reader"]["by_reason"] == {"lone surrogate": 1}
-    assert main(["tokenizer", "train", "--input", str(tmp_path / "a.jsonl"), "--vocab-size", "280",
+    assert main(["tokenizer", "train", str(tmp_path / "a.jsonl"), "--vocab-size", "280",
                  "--out", str(tmp_path / "t.json"), "--quiet"]) == 0
     assert "1 lone surrogate" in capsys.readouterr().out
 
@@ -235,7 +235,7 @@ def test_a_full_disk_never_truncates_a_good_tokenizer(tmp_path, tok, monkeypatch
     good = out.read_bytes()
     (tmp_path / "a.txt").write_text(" ".join(DOCS))
     _fail_fsync_for(monkeypatch)
-    assert main(["tokenizer", "train", "--input", str(tmp_path / "a.txt"), "--vocab-size", "290",
+    assert main(["tokenizer", "train", str(tmp_path / "a.txt"), "--vocab-size", "290",
                  "--out", str(out), "--quiet"]) == 2
     assert "tok.json: cannot write (No space left on device)" in _error_line(capsys)
     assert out.read_bytes() == good and _leftovers(tmp_path) == []
@@ -245,7 +245,7 @@ def test_a_full_disk_never_truncates_a_good_tokenizer(tmp_path, tok, monkeypatch
 
 def test_out_is_checked_before_training(tmp_path, monkeypatch, capsys):
     (tmp_path / "a.txt").write_text(" ".join(DOCS))
-    args = ["tokenizer", "train", "--input", str(tmp_path / "a.txt"), "--vocab-size", "280", "--quiet", "--out"]
+    args = ["tokenizer", "train", str(tmp_path / "a.txt"), "--vocab-size", "280", "--quiet", "--out"]
     # A missing directory is created: the run is not lost at its end.
     assert main([*args, str(tmp_path / "new" / "dir" / "tok.json")]) == 0
     Tokenizer.load(tmp_path / "new" / "dir" / "tok.json")
@@ -424,7 +424,7 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
 
 def test_a_vocabulary_too_large_for_the_text_is_noted(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("tiny text, tiny text")
-    assert main(["tokenizer", "train", "--input", str(tmp_path / "a.txt"), "--vocab-size", "100000",
+    assert main(["tokenizer", "train", str(tmp_path / "a.txt"), "--vocab-size", "100000",
                  "--out", str(tmp_path / "t.json"), "--quiet"]) == 0
     vocab = Tokenizer.load(tmp_path / "t.json").vocab_size
     assert f"note: vocab_size {vocab}, not 100000: the text allows only" in capsys.readouterr().out
