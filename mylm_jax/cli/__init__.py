@@ -31,15 +31,23 @@ from mylm_jax.cli.common import USER_ERRORS
 GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser(owner: dict | None = None) -> argparse.ArgumentParser:
+    """The `mylm` argument parser, every group's commands in it (what `main` parses with;
+    tests/test_doc_commands.py parses the docs' examples with it). When `owner` is a dict,
+    it is filled with each command's name -> the group module that runs it."""
     parser = argparse.ArgumentParser(prog="mylm", description="MyLM: train language models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    owner = {}
     for group in GROUPS:
         before = set(sub.choices)
         group.add_parser(sub)
-        owner.update({name: group for name in set(sub.choices) - before})
-    args = parser.parse_args(argv)
+        if owner is not None:
+            owner.update({name: group for name in set(sub.choices) - before})
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    owner: dict = {}
+    args = build_parser(owner).parse_args(argv)
     try:
         owner[args.command].run(args)
         sys.stdout.flush()  # a closed pipe shows up here at the latest, while we still catch it
