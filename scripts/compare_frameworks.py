@@ -8,6 +8,10 @@ What it measures, and why:
   * the per-step loss difference |loss_jax - loss_torch| (max and final): the parity suite
     checks 50 steps at a toy size; this shows how far float32 rounding differences grow
     over a real run on real text (each update depends on the last, so they compound);
+  * the noise floor beside that gap: each framework against itself, started from the
+    same weights moved by one float32 ulp (np.nextafter). Rounding-only changes grow the
+    same way, so a cross-framework gap near the floor is rounding chaos, one far above it
+    a difference in the math (results.json: noise_floor_jax, noise_floor_torch);
   * tokens/s of each (steps 2..N, every step's loss read back, so both sides wait for the
     device equally; JAX's first step compiles and is left out) and their ratio;
   * peak memory: on an accelerator JAX's device `peak_bytes_in_use`; on CPU, and for torch,
@@ -62,16 +66,24 @@ def build_config(args, data_path: str):
     return study_config(data_path, Path(args.out) / "run", model, optim, train, seq_len=args.seq_len)
 
 
-def train_jax(cfg, batches, queue) -> None:
+def train_jax(cfg, batches, weights, queue) -> None:
+    """The project's own path (create_state + make_train_step, as `mylm pretrain`); weights:
+    start from these instead of the config's initialisation (the noise-floor run)."""
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
-    from mylm_jax.model.params import flat_params
+    from flax import nnx
+
+    from mylm_jax.model.params import flat_params, load_flat_params
     from mylm_jax.parallel import make_mesh, shard_batch
     from mylm_jax.train.state import create_state
     from mylm_jax.train.step import make_train_step
 
     mesh = make_mesh(cfg.mesh)
     ts = create_state(cfg, mesh)
+    if weights is not None:
+        model, optimizer = ts.models()
+        load_flat_params(model, weights)
+        ts.state = jax.device_put(nnx.state((model, optimizer)), ts.shardings)
     initial = flat_params(ts.models()[0])  # a copy (numpy) before the first step donates the state
     step = make_train_step(cfg, ts)
     state, losses, start, rss0 = ts.state, [], 0.0, peak_rss_mb()
@@ -150,6 +162,9 @@ def report(args, cfg, results) -> str:
             f"torch device {r['torch']['device']}.\n\n"
             f"* max |loss_jax - loss_torch| over the steps: **{r['max_loss_diff']:.2e}** "
             f"(step {r['max_loss_diff_step']}); final: **{r['final_loss_diff']:.2e}**\n"
+            f"* noise floor, each framework against itself from weights moved by one ulp: JAX max "
+            f"{r['noise_floor_jax']['max']:.2e} (final {r['noise_floor_jax']['final']:.2e}), twin max "
+            f"{r['noise_floor_torch']['max']:.2e} (final {r['noise_floor_torch']['final']:.2e})\n"
             f"* tokens/s ratio JAX / torch: **{r['tokens_per_s_ratio']:.2f}**\n\n"
             + markdown_table(["framework", "tokens/s", "peak memory", "final loss"], rows)
             + "\n![loss curves](frameworks_loss.png)\n")
@@ -166,9 +181,17 @@ def main(argv=None) -> int:
     from mylm_jax.model.accounting import param_count
     batches = draw_batches(cfg, args.steps)
     print(f"training {args.variant} / {args.optimizer} for {args.steps} steps in JAX ...", flush=True)
-    jax_result = in_child(train_jax, cfg, batches)
+    jax_result = in_child(train_jax, cfg, batches, None)
+    initial = jax_result.pop("initial")
     print("... and in the PyTorch twin", flush=True)
-    torch_result = in_child(train_torch, cfg, batches, jax_result.pop("initial"))
+    torch_result = in_child(train_torch, cfg, batches, initial)
+    # The floor: every weight moved by one float32 ulp, nothing else changed.
+    nudged = {k: np.nextafter(v, np.float32(np.inf)).astype(np.float32) for k, v in initial.items()}
+    print("... and each again from the weights moved by one ulp (the noise floor)", flush=True)
+    jax_floor = in_child(train_jax, cfg, batches, nudged)["losses"]
+    torch_floor = in_child(train_torch, cfg, batches, nudged)["losses"]
+    floor_jax = np.abs(np.array(jax_floor) - np.array(jax_result["losses"]))
+    floor_torch = np.abs(np.array(torch_floor) - np.array(torch_result["losses"]))
     tokens = (args.steps - 1) * args.batch * args.seq_len
     for r in (jax_result, torch_result):
         r["tokens_per_s"] = tokens / r["time_s"]
@@ -178,6 +201,9 @@ def main(argv=None) -> int:
                "params": param_count(cfg.model), "jax": jax_result, "torch": torch_result,
                "loss_diff": diff, "max_loss_diff": float(diff.max()), "max_loss_diff_step": int(diff.argmax()) + 1,
                "final_loss_diff": float(diff[-1]),
+               "noise_floor_jax": {"max": float(floor_jax.max()), "final": float(floor_jax[-1]), "per_step": floor_jax},
+               "noise_floor_torch": {"max": float(floor_torch.max()), "final": float(floor_torch[-1]),
+                                     "per_step": floor_torch},
                "tokens_per_s_ratio": jax_result["tokens_per_s"] / torch_result["tokens_per_s"]}
 
     out = Path(args.out)
@@ -188,11 +214,15 @@ def main(argv=None) -> int:
     ax1.plot(steps, torch_result["losses"], ls="--", label="PyTorch twin")
     ax1.set(ylabel="training loss", title=f"{args.variant}, {args.optimizer}: same weights, same batches")
     ax1.legend()
-    ax2.semilogy(steps, np.maximum(diff, 1e-12))
-    ax2.set(xlabel="step", ylabel="|loss_jax - loss_torch|")
+    ax2.semilogy(steps, np.maximum(diff, 1e-12), label="JAX vs twin")
+    ax2.semilogy(steps, np.maximum(floor_jax, 1e-12), lw=0.8, label="floor: JAX vs JAX (1 ulp)")
+    ax2.semilogy(steps, np.maximum(floor_torch, 1e-12), lw=0.8, ls="--", label="floor: twin vs twin (1 ulp)")
+    ax2.set(xlabel="step", ylabel="|loss difference|")
+    ax2.legend()
     save_figure(fig, out / "frameworks_loss.png")
     write_results(out, results, report(args, cfg, results))
-    print(f"max loss diff {results['max_loss_diff']:.2e}, final {results['final_loss_diff']:.2e}; tokens/s "
+    print(f"max loss diff {results['max_loss_diff']:.2e}, final {results['final_loss_diff']:.2e} (noise floor: "
+          f"JAX {floor_jax.max():.2e}, twin {floor_torch.max():.2e}); tokens/s "
           f"JAX {jax_result['tokens_per_s']:,.0f}, torch {torch_result['tokens_per_s']:,.0f} "
           f"(ratio {results['tokens_per_s_ratio']:.2f}); written to {out}")
     return 0

@@ -89,6 +89,12 @@ def test_compare_frameworks(tmp_path):
     assert {"peak_mb", "how"} <= set(r["jax"]["memory"]) and {"peak_mb", "how"} <= set(r["torch"]["memory"])
     assert_figures([tmp_path / "out" / "frameworks_loss.png"])
     assert "max |loss_jax - loss_torch|" in (tmp_path / "out" / "report.md").read_text()
+    # The noise floor: each framework against itself from weights one ulp away: a rounding-
+    # sized difference (over 4 tiny steps it can still be below the float32 loss's own ulp: 0).
+    for fw in ("jax", "torch"):
+        floor = r[f"noise_floor_{fw}"]
+        assert len(floor["per_step"]) == 4 and 0 <= floor["final"] <= floor["max"] < 1e-4
+    assert "noise floor" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_compare_variants(tmp_path):
