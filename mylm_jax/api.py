@@ -37,6 +37,7 @@ from mylm_jax.generate import Generator, SamplingConfig
 from mylm_jax.tokenizer import Tokenizer
 from mylm_jax.tokenizer import train_tokenizer as learn_merges
 from mylm_jax.tokenizer.specials import BOS
+from mylm_jax.studies.results import read_metrics
 from mylm_jax.train.library_logs import quiet_libraries
 from mylm_jax.train.loop import pretrain as run_pretraining
 from mylm_jax.train.run_dir import RunDir
@@ -64,15 +65,12 @@ class Table(list):
         return pd.DataFrame(list(self))
 
 
-def read_metrics(path: str | Path) -> Table:
-    """metrics.jsonl as one row per step (train and eval records of a step merged; later wins)."""
+def merged_metrics(run_dir: str | Path) -> Table:
+    """metrics.jsonl (read by studies/results.py) as one row per step: the train and eval
+    records of a step merged, the later winning."""
     rows: dict[int, dict] = {}
-    file = Path(path)
-    if not file.is_file():
-        return Table()
-    for line in file.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
+    if (Path(run_dir) / "metrics.jsonl").is_file():
+        for record in read_metrics(run_dir):
             rows.setdefault(record.get("step"), {}).update(record)
     return Table(rows[s] for s in sorted(rows, key=lambda s: (s is None, s or 0)))
 
@@ -131,7 +129,7 @@ class Run:
 
     def metrics(self) -> Table:
         """The run's logged history (metrics.jsonl), one row per step: a `Table`."""
-        return read_metrics(self.path / "metrics.jsonl")
+        return merged_metrics(self.path)
 
 
 def load_run(path: str | Path, step: int | None = None) -> Run:

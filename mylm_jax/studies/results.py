@@ -21,7 +21,7 @@ import numpy as np
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
