@@ -33,3 +33,10 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "ut
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def cache_root() -> Path:
+    """MyLM's cache (unpacked corpora, compiled programs): $MYLM_CACHE, else
+    $XDG_CACHE_HOME/mylm, else ~/.cache/mylm."""
+    root = os.environ.get("MYLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mylm"
+    return Path(root)

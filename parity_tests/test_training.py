@@ -1,6 +1,7 @@
 """Training parity: 50 optimizer steps of every variant with AdamW and with Muon, through the
-real training step (mylm_jax/train/state.py create_state + mylm_jax/train/step.py
-make_train_step, 2 microbatches) and through the twin (mylm_torch: model, objective,
+real training steps (mylm_jax/train/state.py create_state + mylm_jax/train/step.py
+make_train_steps, as `mylm pretrain` runs them: 8 steps per call, the last call 2 steps
+and 6 padding steps, 2 microbatches) and through the twin (mylm_torch: model, objective,
 TwinOptimizer, the same 2 microbatches accumulated with backward()), from the same weights
 on the same batches; the loss curves (and MoE's logged aux losses) must agree.
 
@@ -26,7 +27,7 @@ from mylm_jax.model.params import load_flat_params, param_shapes, random_params
 from mylm_jax.parallel import make_mesh, shard_batch
 from mylm_jax.train.loss import loss_weights
 from mylm_jax.train.state import create_state
-from mylm_jax.train.step import make_train_step
+from mylm_jax.train.step import k_step_batch, make_train_steps
 from mylm_jax.variants import VARIANTS
 from mylm_torch.convert import jax_to_torch
 from mylm_torch.loss import objective as torch_objective
@@ -36,6 +37,7 @@ from parity_tests.conftest import PARITY_LOSS, parity_config
 from parity_tests.tolerances import TRAIN_LOSS_ABS, compare
 
 STEPS, B, T, M = 50, 4, 16, 2
+K = 8  # optimizer steps per call (train.steps_per_call)
 COMMON = dict(lr=3e-3, weight_decay=0.1, grad_clip=0.5, schedule="cosine", warmup_steps=5, min_lr_ratio=0.1)
 OPTIMIZERS = {
     "adamw": OptimConfig(name="adamw", **COMMON),
@@ -72,11 +74,13 @@ def train_jax(cfg: Config, weights: dict, tokens: np.ndarray) -> list[dict]:
     model, optimizer = ts.models()
     load_flat_params(model, weights)  # the twin's starting weights; the fresh moments stay
     ts.state = jax.device_put(nnx.state((model, optimizer)), ts.shardings)
-    step = make_train_step(cfg, ts)
+    steps = make_train_steps(cfg, ts, K)
     history = []
-    for b in tokens:
-        ts.state, metrics = step(ts.state, shard_batch(as_batch(b), mesh, M))
-        history.append(jax.device_get(metrics))
+    for start in range(0, len(tokens), K):
+        host, active = k_step_batch([as_batch(b) for b in tokens[start:start + K]], K)  # the last one padded
+        ts.state, metrics, _ = steps(ts.state, shard_batch(host, mesh, K * M), active, False)
+        metrics = jax.device_get(metrics)
+        history += [{k: v[i] for k, v in metrics.items()} for i in range(active.sum())]
     return history
 
 

@@ -2,7 +2,7 @@
 
     python scripts/bench_model.py                                  # reference config, float32
     python scripts/bench_model.py --config configs/moe_tiny.yaml model.n_layers=2
-    python scripts/bench_model.py --no-jemalloc                    # the system allocator
+    python scripts/bench_model.py --allocator system               # one allocator only
 
 One step = loss (token-mean cross-entropy) and the gradient of every parameter, no
 optimizer. Both frameworks start from the same weights (converted) and run in one
@@ -12,21 +12,26 @@ ratio. MFU is achieved FLOP/s (accounting.flops_per_token x tokens/s) over a mat
 peak measured here: the best float32 matmul throughput of either framework on square
 matrices.
 
-Allocator: by default the script re-runs itself under jemalloc with decay disabled
-when `libjemalloc.so.2` is installed (Debian: libjemalloc2). XLA:CPU allocates a fresh
-set of step temporaries each step; with glibc malloc these are returned to the OS and
-faulted back in (~0.2-0.3 s of page faults per step here). Torch runs under the same
-allocator, so the comparison stays fair; `--no-jemalloc` measures the system allocator.
+Allocators (mylm_jax/allocator.py says why they matter): the measurement runs once per
+allocator, each in its own child process started with that allocator's environment:
+
+    system     what a fresh machine gives a Python process (glibc malloc as it starts)
+    thp        what `mylm` starts itself with when jemalloc is absent (glibc + huge pages)
+    jemalloc   what `mylm` starts itself with when libjemalloc.so.2 is installed
+
+Torch runs under the same allocator as JAX in each child, so every ratio is fair; the
+table puts the variants side by side. Allocators this machine lacks are reported as such.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,23 +41,20 @@ sys.path.insert(0, str(ROOT))
 from mylm_jax.config import ConfigError, load_config  # noqa: E402
 from mylm_jax.model.accounting import flops_per_token  # noqa: E402
 
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+from mylm_jax import allocator as alloc  # noqa: E402
+from mylm_jax.studies.results import markdown_table  # noqa: E402
+
+ALLOCATORS = ("system", "thp", "jemalloc")
 
 
-def find_jemalloc() -> str | None:
-    hits = sorted(glob.glob("/usr/lib/*/libjemalloc.so.2") + glob.glob("/usr/lib/libjemalloc.so.2"))
-    return hits[0] if hits else None
-
-
-def maybe_reexec_under_jemalloc(args) -> str:
-    """Return the allocator in use, re-executing this script under jemalloc if asked and possible."""
-    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
-        return "jemalloc"
-    lib = None if args.no_jemalloc else find_jemalloc()
-    if lib is None:
-        return "system"
-    env = dict(os.environ, LD_PRELOAD=lib, MALLOC_CONF=JEMALLOC_CONF)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+def allocator_env(name: str) -> dict | None:
+    """The environment a child measuring `name` starts with (None: not available here)."""
+    base = {k: v for k, v in os.environ.items() if k not in (alloc.APPLIED, alloc.CHOICE)}
+    if name == "system":
+        return {**base, alloc.CHOICE: "system"}
+    chosen, changes, _ = alloc.plan({**base, alloc.CHOICE: name}, alloc.find_jemalloc(), alloc.glibc_version(),
+                                    alloc.thp_mode())
+    return {**base, **changes} if chosen == name else None
 
 
 def time_calls(fn, n: int) -> list[float]:
@@ -151,14 +153,49 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating JAX/torch rounds")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per framework per round")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--no-jemalloc", action="store_true")
+    parser.add_argument("--allocator", choices=ALLOCATORS, action="append",
+                        help="measure only these (repeatable); default: every one this machine has")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one measurement, this process
     parser.add_argument("--json", default="bench_model.json", help="where to write the results")
     args = parser.parse_args()
-    allocator = maybe_reexec_under_jemalloc(args)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         sys.exit(f"bench_model: error: {e}")
+    if args.child:
+        measure(cfg, args)
+    else:
+        compare_allocators(args)
+
+
+def compare_allocators(args) -> None:
+    """One child per allocator, one after the other; the table of all of them."""
+    results, missing = {}, []
+    for name in args.allocator or ALLOCATORS:
+        env = allocator_env(name)
+        if env is None:
+            missing.append(name)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "child.json"
+            argv = ["--config", args.config, *args.overrides, "--rounds", str(args.rounds), "--steps",
+                    str(args.steps), "--warmup", str(args.warmup), "--child", "--json", str(out)]
+            print(f"== allocator {name}", flush=True)
+            subprocess.run([sys.executable, __file__, *argv], env=env, check=True)
+            results[name] = json.loads(out.read_text())
+    rows = [(name, f"{r['results']['jax']['ms_per_step']:.1f}", f"{r['results']['torch']['ms_per_step']:.1f}",
+             f"{r['ratio_jax_over_torch']:.2f}x") for name, r in results.items()]
+    print("\nside by side (system = a fresh machine's default; mylm uses jemalloc when installed, else thp):")
+    print(markdown_table(["allocator", "JAX ms/step", "torch ms/step", "JAX / torch tokens/s"], rows))
+    if missing:
+        print(f"not available on this machine: {', '.join(missing)}")
+    Path(args.json).write_text(json.dumps({"allocators": results, "not_available": missing}, indent=2))
+    print(f"wrote {args.json}")
+
+
+def measure(cfg, args) -> None:
+    """The measurement, under whatever allocator this process started with."""
+    allocator = os.environ.get(alloc.APPLIED) or os.environ.get(alloc.CHOICE, "system")
 
     import jax
     import torch
@@ -202,7 +239,7 @@ def main() -> None:
         spread = f"({r['ms_min']:.0f}-{r['ms_max']:.0f})"
         print(f"{name:<10}{r['ms_per_step']:>10.1f}{spread:>16}{r['tokens_per_s']:>11.0f}"
               f"{r['gflops']:>9.1f}{r['mfu']:>7.1%}")
-    print(f"JAX / torch tokens/s ratio: {ratio:.2f}x")
+    print(f"JAX / torch tokens/s ratio: {ratio:.2f}x", flush=True)
 
     result = {"config": args.config, "overrides": args.overrides, "batch_size": B, "seq_len": T,
               "dtype": cfg.model.dtype, "allocator": allocator, "jax_version": jax.__version__,
@@ -210,7 +247,6 @@ def main() -> None:
               "matmul_peak_gflops": peak, "loss_at_init": {"jax": loss_jax, "torch": loss_torch},
               "results": rows, "ratio_jax_over_torch": ratio}
     Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

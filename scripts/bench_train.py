@@ -19,7 +19,8 @@ Runs, one after the other, each as its own subprocess:
 
 What it measures, per run: wall time of the whole subprocess (imports, data, model, compile, evals
 and all); time to the first step (nanoGPT's `iter 0` line, MyLM's first metrics.jsonl record, each
-stamped when it appears); the steady ms/step (the median per-step time of the run's second half,
+stamped when it appears; MyLM starts from an empty compilation cache, as on a fresh machine, and
+then once more, stopped after its first step: "2nd run: first step s"); the steady ms/step (the median per-step time of the run's second half,
 evaluation steps left out); tokens/s from it; the val loss at the end; the wall-time ratio
 nanoGPT / MyLM (> 1: MyLM finished sooner). Prints the table, writes it to --out (JSON) and a PNG
 of the val-loss curves against wall-clock seconds beside it.
@@ -37,6 +38,7 @@ import pickle
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--peer", default=str(PEER), help="nanoGPT's directory")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), help="MyLM configs to run (none: nanoGPT only)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run before it is killed")
+    p.add_argument("--allocator", choices=["auto", "jemalloc", "thp", "system"], default=None,
+                   help="MYLM_ALLOCATOR for the MyLM runs (default: what `mylm` picks; thp = a fresh machine's "
+                   "pick, system = glibc as it starts)")
     return p.parse_args(argv)
 
 
@@ -85,9 +90,11 @@ def schedule(iters: int) -> dict:
 
 # ----------------------------------------------------------------------------- running a subprocess
 
-def run_stamped(cmd: list[str], cwd: Path, log_path: Path, timeout: float, watch: Path | None = None) -> dict:
-    """Run cmd; stamp every stdout line (and every new line of `watch`, polled) with seconds since the start."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_stamped(cmd: list[str], cwd: Path, log_path: Path, timeout: float, watch: Path | None = None,
+                env: dict | None = None, stop_at_first_record: bool = False) -> dict:
+    """Run cmd; stamp every stdout line (and every new line of `watch`, polled) with seconds since the start.
+    stop_at_first_record: SIGTERM the run once `watch` has its first record (a start-up measurement)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -117,6 +124,9 @@ def run_stamped(cmd: list[str], cwd: Path, log_path: Path, timeout: float, watch
             records += [(now, json.loads(s)) for s in complete if s.strip()]
         if done:
             break
+        if stop_at_first_record and records and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)  # MyLM saves and exits 0 on SIGTERM
+            stop_at_first_record = False
         if time.perf_counter() - t0 > timeout:
             proc.kill()
             proc.wait()
@@ -217,17 +227,22 @@ def run_nanogpt(peer: Path, cwd: Path, iters: int, timeout: float) -> dict:
     return summarize("nanoGPT", r, first, step_ms, curve, sched["eval_interval"], " ".join(cmd), log)
 
 
-def run_mylm(config: str, data: Path, work: Path, iters: int, timeout: float) -> dict:
+def run_mylm(config: str, data: Path, work: Path, iters: int, timeout: float, allocator: str | None) -> dict:
+    """`mylm pretrain` as a user runs it, from a cold compilation cache (a fresh machine's first run),
+    then the same command again, stopped after its first step: the start of a second run."""
     sched = schedule(iters)
     name = "mylm " + Path(config).stem
     out = work / "mylm" / Path(config).stem
     cmd = [sys.executable, "-m", "mylm_jax.cli", "pretrain", "--config", str(ROOT / config), "--overwrite",
            f"data.path={data}", f"train.out_dir={out}", f"train.steps={iters}",
            f"train.eval_every={sched['eval_interval']}", f"optim.warmup_steps={sched['warmup_iters']}"]
+    cache = work / "mylm" / f"{Path(config).stem}.xla_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {"MYLM_COMPILATION_CACHE": str(cache), **({"MYLM_ALLOCATOR": allocator} if allocator else {})}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     log = work / "mylm" / f"{Path(config).stem}.log"
-    r = run_stamped(cmd, ROOT, log, timeout, watch=out / "metrics.jsonl")
+    r = run_stamped(cmd, ROOT, log, timeout, watch=out / "metrics.jsonl", env=env)
     if r["rc"] != 0:
         fail_run(name, r, log)
     step_ms, first, curve = {}, None, []
@@ -237,7 +252,12 @@ def run_mylm(config: str, data: Path, work: Path, iters: int, timeout: float) ->
             first = t if first is None else first
         if "val_loss" in rec:
             curve.append((t, rec["step"], rec["val_loss"]))
-    return summarize(name, r, first, step_ms, curve, sched["eval_interval"], " ".join(cmd), log)
+    result = summarize(name, r, first, step_ms, curve, sched["eval_interval"], " ".join(cmd), log)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    again = run_stamped(cmd, ROOT, log.with_suffix(".second.log"), timeout, watch=out / "metrics.jsonl", env=env,
+                        stop_at_first_record=True)
+    result["second_run_first_step_s"] = next((t for t, rec in again["records"] if "step_time_s" in rec), None)
+    return result
 
 
 def summarize(name, r, first, step_ms, curve, eval_interval, cmd, log) -> dict:
@@ -253,10 +273,15 @@ def summarize(name, r, first, step_ms, curve, eval_interval, cmd, log) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
-def conditions() -> dict:
+def conditions(choice: str | None = None) -> dict:
     import torch  # noqa: F401  (versions only; the runs import their own)
     import jax
+    from mylm_jax import allocator
+    choice = choice or os.environ.get(allocator.CHOICE, "auto")
+    chosen = "system" if choice == "system" else allocator.plan(
+        {allocator.CHOICE: choice}, allocator.find_jemalloc(), allocator.glibc_version(), allocator.thp_mode())[0]
     return {"cpus": os.cpu_count(), "load_avg_1_5_15": list(os.getloadavg()), "platform": platform.platform(),
+            "mylm_allocator": chosen,
             "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
             "jax": jax.__version__, "torch": torch.__version__,
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -265,10 +290,12 @@ def conditions() -> dict:
 def table(runs: list[dict]) -> str:
     rows = []
     for r in runs:
-        rows.append([r["name"], round(r["wall_s"], 1), _r(r["first_step_s"], 1), _r(r["steady_ms_per_step"], 1),
+        rows.append([r["name"], round(r["wall_s"], 1), _r(r["first_step_s"], 1),
+                     _r(r.get("second_run_first_step_s"), 1), _r(r["steady_ms_per_step"], 1),
                      _r(r["tokens_per_s"], 0), _r(r["final_val_loss"], 4), _r(r.get("wall_ratio_nanogpt_over"), 2),
                      "{:.1f} -> {:.1f}".format(*r["load_avg_1min_start_end"])])
-    return markdown_table(["run", "wall s", "first step s", "steady ms/step", "tokens/s", "val loss (end)",
+    return markdown_table(["run", "wall s", "first step s", "2nd run: first step s", "steady ms/step", "tokens/s",
+                           "val loss (end)",
                            "wall nanoGPT / this", "load avg (start -> end)"], rows)
 
 
@@ -306,9 +333,10 @@ def main(argv=None) -> int:
         run_peer = False
     elif not run_peer:
         print("bench_train.py: --skip-peer: running MyLM only")
-    cond_before = conditions()
+    cond_before = conditions(args.allocator)
     print(f"corpus {corpus} ({len(text):,} chars), {args.iters} steps per run, work dir {work}")
-    print(f"machine: {cond_before['cpus']} CPUs, load average {cond_before['load_avg_1_5_15']}")
+    print(f"machine: {cond_before['cpus']} CPUs, load average {cond_before['load_avg_1_5_15']}, "
+          f"mylm's allocator: {cond_before['mylm_allocator']}")
 
     runs = []
     data = prepare_mylm_data(corpus, work)
@@ -319,7 +347,7 @@ def main(argv=None) -> int:
         print(f"  {runs[-1]['wall_s']:.1f} s", flush=True)
     for config in args.configs:
         print(f"running mylm pretrain --config {config} ...", flush=True)
-        runs.append(run_mylm(config, data, work, args.iters, args.timeout))
+        runs.append(run_mylm(config, data, work, args.iters, args.timeout, args.allocator))
         print(f"  {runs[-1]['wall_s']:.1f} s", flush=True)
 
     peer_run = runs[0] if run_peer else None

@@ -67,8 +67,9 @@ def build_config(args, data_path: str):
 
 
 def train_jax(cfg, batches, weights, queue) -> None:
-    """The project's own path (create_state + make_train_step, as `mylm pretrain`); weights:
-    start from these instead of the config's initialisation (the noise-floor run)."""
+    """The project's own path (create_state + make_train_steps, train.steps_per_call steps per
+    call, as `mylm pretrain`); weights: start from these instead of the config's
+    initialisation (the noise-floor run). The first call (it compiles) is not timed."""
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
     from flax import nnx
@@ -76,7 +77,7 @@ def train_jax(cfg, batches, weights, queue) -> None:
     from mylm_jax.model.params import flat_params, load_flat_params
     from mylm_jax.parallel import make_mesh, shard_batch
     from mylm_jax.train.state import create_state
-    from mylm_jax.train.step import make_train_step
+    from mylm_jax.train.step import k_step_batch, make_train_steps
 
     mesh = make_mesh(cfg.mesh)
     ts = create_state(cfg, mesh)
@@ -85,20 +86,22 @@ def train_jax(cfg, batches, weights, queue) -> None:
         load_flat_params(model, weights)
         ts.state = jax.device_put(nnx.state((model, optimizer)), ts.shardings)
     initial = flat_params(ts.models()[0])  # a copy (numpy) before the first step donates the state
-    step = make_train_step(cfg, ts)
+    n = len(batches["inputs"])
+    K = min(cfg.train.steps_per_call, max(1, n // 4))  # short runs: smaller calls, so some are timed
+    steps = make_train_steps(cfg, ts, K)
     state, losses, start, rss0 = ts.state, [], 0.0, peak_rss_mb()
-    for i in range(len(batches["inputs"])):
-        if i == 1:
+    for first in range(0, n, K):
+        if first == K:
             start = time.perf_counter()
-        batch = shard_batch({k: v[i] for k, v in batches.items()}, mesh)
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
+        host, active = k_step_batch([{k: v[i] for k, v in batches.items()} for i in range(first, min(first + K, n))], K)
+        state, metrics, _ = steps(state, shard_batch(host, mesh, K), active, False)
+        losses += [float(x) for x in jax.device_get(metrics["loss"])[:int(active.sum())]]
     elapsed = time.perf_counter() - start
     stats = jax.devices()[0].memory_stats() or {}
     memory = ({"peak_mb": stats["peak_bytes_in_use"] / 2**20, "how": f"{jax.devices()[0].platform} peak_bytes_in_use"}
               if "peak_bytes_in_use" in stats else
               {"peak_mb": peak_rss_mb() - rss0, "how": "growth of process peak RSS (getrusage) while training"})
-    queue.put({"losses": losses, "time_s": elapsed, "memory": memory, "initial": initial,
+    queue.put({"losses": losses, "time_s": elapsed, "timed_steps": max(n - K, 0), "memory": memory, "initial": initial,
                "device": jax.devices()[0].device_kind})
 
 
@@ -136,7 +139,7 @@ def train_torch(cfg, batches, initial, queue) -> None:
     memory = ({"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "how": "torch.cuda.max_memory_allocated"}
               if device == "cuda" else
               {"peak_mb": peak_rss_mb() - rss0, "how": "growth of process peak RSS (getrusage) while training"})
-    queue.put({"losses": losses, "time_s": elapsed, "memory": memory, "device": device,
+    queue.put({"losses": losses, "time_s": elapsed, "timed_steps": len(losses) - 1, "memory": memory, "device": device,
                "threads": torch.get_num_threads()})
 
 
@@ -192,9 +195,8 @@ def main(argv=None) -> int:
     torch_floor = in_child(train_torch, cfg, batches, nudged)["losses"]
     floor_jax = np.abs(np.array(jax_floor) - np.array(jax_result["losses"]))
     floor_torch = np.abs(np.array(torch_floor) - np.array(torch_result["losses"]))
-    tokens = (args.steps - 1) * args.batch * args.seq_len
-    for r in (jax_result, torch_result):
-        r["tokens_per_s"] = tokens / r["time_s"]
+    for r in (jax_result, torch_result):  # each side's untimed start: its first step or call
+        r["tokens_per_s"] = r["timed_steps"] * args.batch * args.seq_len / r["time_s"]
     diff = np.abs(np.array(jax_result["losses"]) - np.array(torch_result["losses"]))
     results = {"variant": args.variant, "optimizer": args.optimizer, "steps": args.steps,
                "batch_size": args.batch, "seq_len": args.seq_len, "d_model": args.d_model, "n_layers": args.layers,

@@ -35,6 +35,20 @@ def test_straight_run_logs_learns_and_checkpoints(straight):
     assert list((out / "tb").iterdir())  # TensorBoard event files
 
 
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_steps_per_call_changes_no_number(straight, data_path, tmp_path, steps_per_call):
+    """The straight run does 8 steps as 2 calls of 4 (the default K=10, cut at the evaluation
+    and checkpoint every 4 steps); K=1 and K=3 (calls of 3, 1, 3, 1) log every step, evaluate
+    and checkpoint at the same steps, and give the same losses bit for bit."""
+    cfg = tiny_config(data_path, tmp_path, train={"steps_per_call": steps_per_call})
+    result = run_mylm(["pretrain"], cfg, tmp_path / "c.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(tmp_path) == straight[1]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [4, 8]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]
+
+
 def test_kill_9_then_resume_gives_identical_losses(straight, data_path, tmp_path):
     cfg = tiny_config(data_path, tmp_path)
     killed = run_mylm(["pretrain"], cfg, tmp_path / "c.yaml", env={"MYLM_TEST_KILL_AT_STEP": "6"})

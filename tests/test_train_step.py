@@ -13,7 +13,7 @@ import pytest
 from mylm_jax.config import Config, ConfigError, MeshConfig, TrainConfig, config_from_dict
 from mylm_jax.parallel import make_mesh, mesh_shape, plan_params, shard_batch
 from mylm_jax.train.state import create_state
-from mylm_jax.train.step import make_train_step
+from mylm_jax.train.step import k_step_batch, make_train_step, make_train_steps
 
 B, T = 4, 16
 
@@ -71,6 +71,66 @@ def test_non_finite_update_is_not_applied():
     assert not bool(metrics["finite"])
     for a, b in zip(before, jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(b), a)
+
+
+def _single_calls(cfg, batches):
+    """The reference: one make_train_step call per batch."""
+    mesh = make_mesh(cfg.mesh)
+    ts = create_state(cfg, mesh)
+    step, state, history = make_train_step(cfg, ts), ts.state, []
+    for batch in batches:
+        state, metrics = step(state, shard_batch(batch, mesh, cfg.train.microbatches))
+        history.append(jax.device_get(metrics))
+    return [np.asarray(x) for x in jax.tree.leaves(state)], history
+
+
+def _k_step_calls(cfg, batches, K):
+    """The same batches through make_train_steps, K per call; the last call padded (inactive)."""
+    mesh = make_mesh(cfg.mesh)
+    ts = create_state(cfg, mesh)
+    steps, state, history, M = make_train_steps(cfg, ts, K), ts.state, [], cfg.train.microbatches
+    halted = False  # carried from call to call, as the loop does
+    for start in range(0, len(batches), K):
+        host, active = k_step_batch(batches[start:start + K], K)
+        state, metrics, halted = steps(state, shard_batch(host, mesh, K * M), active, halted)
+        metrics = jax.device_get(metrics)
+        history += [{k: v[i] for k, v in metrics.items()} for i in range(active.sum())]
+    return [np.asarray(x) for x in jax.tree.leaves(state)], history
+
+
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_k_steps_in_one_call_equal_k_single_calls_bit_for_bit(microbatches):
+    """What `mylm pretrain` runs (train.steps_per_call): 5 steps as a call of 3 and a call of 2
+    (+ 1 padding step, computed and not applied) give the very same state and metrics as 5
+    single steps: the optimizer's step count and moments included, so padding did nothing."""
+    cfg = _config(microbatches=microbatches)
+    batches = [_batch(seed) for seed in range(5)]
+    reference, ref_history = _single_calls(cfg, batches)
+    leaves, history = _k_step_calls(cfg, batches, K=3)
+    assert len(history) == 5
+    for a, b in zip(reference, leaves):
+        np.testing.assert_array_equal(b, a)
+    for a, b in zip(ref_history, history):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+
+
+@pytest.mark.parametrize("policy", ["halt", "skip"])
+@pytest.mark.parametrize("K", [4, 2])
+def test_a_non_finite_step_inside_a_call(policy, K):
+    """Step 2 of 4 has a NaN loss, in one call of 4 or the first of two calls of 2. skip: like
+    single steps, 1, 3 and 4 are applied. halt: nothing after step 2 is applied either, in its
+    call or the next (the loop reads a call's metrics after queueing the next), so the state
+    is the last good one (after step 1), where single steps would have stopped."""
+    cfg = _config(on_nonfinite=policy)
+    batches = [_batch(seed) for seed in range(4)]
+    batches[1]["loss_mask"] = batches[1]["loss_mask"] * np.float32(np.nan)
+    leaves, history = _k_step_calls(cfg, batches, K=K)
+    assert [bool(h["finite"]) for h in history] == [True, False, True, True]
+    expected, _ = _single_calls(cfg, batches[:1] if policy == "halt" else batches)
+    for a, b in zip(expected, leaves):
+        np.testing.assert_array_equal(b, a)
 
 
 def test_mesh_and_batch_checks():

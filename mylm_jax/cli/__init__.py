@@ -24,11 +24,17 @@ import argparse
 import os
 import sys
 
+from mylm_jax import allocator
 from mylm_jax.cli import data, generate, model, quickstart, studies, tokenizer, train
 from mylm_jax.cli import evaluate
 from mylm_jax.cli.common import USER_ERRORS
 
 GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate)
+# The commands that run compiled steps: they start under the faster allocator (a re-exec,
+# mylm_jax/allocator.py; the training ones say when a better one could be installed) and
+# with the persistent compilation cache (mylm_jax/train/compile_cache.py).
+TRAINING_COMMANDS = {"quickstart", "pretrain", "sft", "search"}
+STEP_COMMANDS = TRAINING_COMMANDS | {"generate", "chat", "eval"}
 
 
 def build_parser(owner: dict | None = None) -> argparse.ArgumentParser:
@@ -48,6 +54,12 @@ def build_parser(owner: dict | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     owner: dict = {}
     args = build_parser(owner).parse_args(argv)
+    if args.command in STEP_COMMANDS and argv is None:
+        # A real command line, not a call from Python (tests, notebooks): the process is ours
+        # to restart and its jax settings ours to choose.
+        allocator.reexec_with_fast_allocator(hint=args.command in TRAINING_COMMANDS)
+        from mylm_jax.train import compile_cache
+        compile_cache.enable()
     try:
         owner[args.command].run(args)
         sys.stdout.flush()  # a closed pipe shows up here at the latest, while we still catch it

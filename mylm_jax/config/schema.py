@@ -202,6 +202,11 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 16  # sequences per optimizer step, over all devices and microbatches
     microbatches: int = 1  # gradient accumulation: batch_size is split into this many
+    # Optimizer steps per compiled call (a lax.scan over K batches; identical results, every
+    # step still logged): the per-call costs (dispatch, batch placement, metric readback,
+    # XLA:CPU's fresh scratch memory) are paid once per K steps. Calls end at evaluations,
+    # samples and checkpoints, and a stop signal is honoured between calls.
+    steps_per_call: int = 10  # divides the round eval / checkpoint intervals: no padding steps
     seed: int = 0  # parameter init and sampling
     log_every: int = 10  # JSONL / TensorBoard metrics every N steps
     eval_every: int = 200  # val loss, perplexity, bits per byte; 0 disables
@@ -222,7 +227,8 @@ class TrainConfig:
     # steps > 0: a run of 0 steps would train nothing and still exit 0. The *_every
     # fields that say "0 disables" accept 0; log_every does not (it divides the step).
     RANGES = {
-        "steps": "> 0", "batch_size": "> 0", "microbatches": "> 0", "seed": "[0, 2**32)", "log_every": "> 0",
+        "steps": "> 0", "batch_size": "> 0", "microbatches": "> 0", "steps_per_call": "[1, 1000]",
+        "seed": "[0, 2**32)", "log_every": "> 0",
         "eval_every": ">= 0", "eval_batches": "> 0", "sample_every": ">= 0", "sample_tokens": "> 0",
         "sample_temperature": ">= 0", "checkpoint_every": ">= 0", "keep_checkpoints": "> 0",
         "loss_ema": "[0, 1)", "peak_tflops": ">= 0",

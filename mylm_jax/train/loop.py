@@ -6,12 +6,15 @@
             checkpoint onto this mesh (checked against this config and tokenizer); only then
             write config.yaml and tokenizer.json, so a refused start changes nothing there;
             print the sharding plan
-    loop:   batch -> train_step (dispatched, not awaited) -> read the *previous* step's
-            metrics -> log / eval / sample / checkpoint when due
-    stop:   at train.steps, or on SIGTERM / SIGINT after the current step: save and exit 0
+    loop:   K batches -> train_steps (K optimizer steps in one call, dispatched, not
+            awaited) -> read the *previous* call's metrics -> log each of its steps ->
+            eval / sample / checkpoint when due (a call ends there: it holds fewer steps)
+    stop:   at train.steps, or on SIGTERM / SIGINT after the current call: save and exit 0
 
-Reading step k's metrics only after step k + 1 is dispatched keeps the device busy: the
+Reading call c's metrics only after call c + 1 is dispatched keeps the device busy: the
 host never waits for a step to finish before queueing the next one (nanodo's pattern).
+K = train.steps_per_call (mylm_jax/train/step.py make_train_steps: the same numbers as K
+single steps, with the per-call costs paid once).
 
 The loop knows no model variant and no data format: the step returns the model's extra
 loss terms and metrics under their own names (logged as they come), and the data is any
@@ -43,7 +46,7 @@ from mylm_jax.train.progress import make_progress
 from mylm_jax.train.run_dir import RunDir
 from mylm_jax.train.signals import StopFlag
 from mylm_jax.train.state import create_state
-from mylm_jax.train.step import make_eval_step, make_train_step
+from mylm_jax.train.step import k_step_batch, make_eval_step, make_train_steps
 
 # The step's metrics that the loop turns into its own record fields; every other one
 # (learning rates, the model's extra losses and metrics) is logged under its own name.
@@ -116,7 +119,7 @@ class Trainer:
         self.skipped = progress.get("skipped_nonfinite", 0)
         if jax.process_index() == 0:
             print(self.ts.plan.describe(self.mesh), flush=True)
-        self.train_step = make_train_step(cfg, self.ts)
+        self.train_steps = make_train_steps(cfg, self.ts, cfg.train.steps_per_call)
         self.eval_step = make_eval_step(self.ts.graphdef)
         self.log = MetricsLog(self.out_dir, after_step=restored)  # a resume drops the steps it will redo
         if jax.process_index() == 0:
@@ -194,12 +197,18 @@ class Trainer:
             self.progress = make_progress(t.steps, self.ts.step, t.log_every, getattr(self, "quiet", False),
                                           sys.stdout)
 
-    def _record(self, done_step: int, metrics: dict) -> None:
-        """Read back one dispatched step's metrics, log them, react to a non-finite loss."""
-        t = self.cfg.train
+    def _record_call(self, first_step: int, n: int, metrics: dict) -> None:
+        """Read back one dispatched call's metrics ([K] per field) and record its first n steps,
+        each with an equal share of the call's time."""
         m = jax.device_get(metrics)
         now = time.perf_counter()
-        step_time, self.last_time = now - self.last_time, now
+        step_time, self.last_time = (now - self.last_time) / n, now
+        for i in range(n):
+            self._record(first_step + i, {k: v[i] for k, v in m.items()}, step_time)
+
+    def _record(self, done_step: int, m: dict, step_time: float) -> None:
+        """Log one step's metrics (host values), react to a non-finite loss."""
+        t = self.cfg.train
         loss = float(m["loss"])
         record = {"step": done_step, "loss": loss, "grad_norm": float(m["grad_norm"]),
                   "step_time_s": step_time, "tokens_per_s": self.tokens_per_step / step_time}
@@ -209,6 +218,8 @@ class Trainer:
             self.skipped += 1
             record["skipped_nonfinite"] = self.skipped
             if t.on_nonfinite == "halt":
+                # No step after this one was applied, in this call or the ones queued after it
+                # (make_train_steps carries `halted`): the state is the last good one.
                 self.log.write(record)
                 self.save(wait=True)
                 raise NonFiniteLoss(f"non-finite loss or gradient at step {done_step} (update not applied); "
@@ -239,6 +250,20 @@ class Trainer:
         self._say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result["val_loss"]
 
+    def _steps_in_next_call(self, step: int) -> int:
+        """K, or fewer so that the call ends at the next evaluation, sample, checkpoint or the end."""
+        t = self.cfg.train
+        ends = [t.steps] + [step - step % every + every for every in (t.eval_every, t.sample_every,
+                                                                      t.checkpoint_every) if every]
+        return max(1, min(t.steps_per_call, min(ends) - step))
+
+    def _next_batches(self, n: int) -> tuple[dict, np.ndarray]:
+        """n loader batches, padded to K with copies of the last (steps that are not applied),
+        placed on the mesh as [K * M, B / M, T]; and the [K] mask of the steps to apply."""
+        K, M = self.cfg.train.steps_per_call, self.cfg.train.microbatches
+        host, active = k_step_batch([next(self.loader) for _ in range(n)], K)
+        return shard_batch(host, self.mesh, K * M), active
+
     def run(self) -> int:
         """Train to train.steps (or until stopped); returns the last step."""
         t = self.cfg.train
@@ -246,22 +271,23 @@ class Trainer:
         stop = StopFlag()
         stop.install()
         self._start_progress()
-        pending = None  # (step, metrics) dispatched but not yet read back
+        pending = None  # (first step, steps, metrics) of a call dispatched but not yet read back
+        halted = np.bool_(False)  # on the device after the first call (make_train_steps)
         try:
             if t.eval_at_start and self.data.has_val and step == 0:
                 self._evaluate_and_log(0)
             while step < t.steps and not stop.requested:
-                batch = shard_batch(next(self.loader), self.mesh, t.microbatches)
-                self.ts.state, metrics = self.train_step(self.ts.state, batch)
-                step += 1
+                n = self._steps_in_next_call(step)
+                batch, active = self._next_batches(n)
+                self.ts.state, metrics, halted = self.train_steps(self.ts.state, batch, active, halted)
                 if pending is not None:
-                    self._record(*pending)
-                pending = (step, metrics)
+                    self._record_call(*pending)
+                pending, step = (step + 1, n, metrics), step + n
                 evaluating = self.data.has_val and t.eval_every and (step % t.eval_every == 0 or step == t.steps)
                 saving = (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps
                 sampling = t.sample_every and step % t.sample_every == 0
                 if evaluating or saving or sampling:
-                    self._record(*pending)
+                    self._record_call(*pending)
                     pending = None
                     val = self._evaluate_and_log(step) if evaluating else None
                     if sampling and (text := self.sample()) is not None and self.progress is not None:
@@ -271,7 +297,7 @@ class Trainer:
                         self.save(val, wait=step == t.steps)
                     self.last_time = time.perf_counter()  # the next step's time excludes eval, sample and save
             if pending is not None:
-                self._record(*pending)
+                self._record_call(*pending)
             if stop.requested:
                 self.save(wait=True)
                 print(f"\n{stop.requested}: saved step {step} to {self.checkpointer.directory}; "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
@@ -97,6 +98,24 @@ def drop_records_after(path: Path, step: int) -> int:
     return len(lines) - len(kept)
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch.
+
+    tensorboardX imports torch when it is installed (to accept torch tensors), which costs
+    1-2 s of every run's start. The log writes plain floats, so the import runs with torch
+    marked absent (None in sys.modules makes `import torch` raise ImportError, which
+    tensorboardX handles); the mark is removed at once, so a later `import torch` works."""
+    if "torch" in sys.modules:  # already imported (e.g. by the twin): nothing to save
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLog:
     """Append-only JSONL + TensorBoard; only process 0 writes.
 
@@ -113,7 +132,7 @@ class MetricsLog:
                 drop_records_after(self.path, after_step)
             self.file = open(self.path, "a", encoding="utf-8")
             if tensorboard:
-                from tensorboardX import SummaryWriter
+                SummaryWriter = _summary_writer_class()
                 purge = None if after_step is None else after_step + 1
                 self.writer = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=purge)
 

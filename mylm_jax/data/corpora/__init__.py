@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mylm_jax.data.errors import DataError
-from mylm_jax.fileio import atomic_write
+from mylm_jax.fileio import atomic_write, cache_root
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,8 +51,7 @@ def available() -> list[str]:
 
 def cache_dir() -> Path:
     """Where decompressed corpora live: $MYLM_CACHE/corpora, else ~/.cache/mylm/corpora."""
-    root = os.environ.get("MYLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mylm"
-    return Path(root) / "corpora"
+    return cache_root() / "corpora"
 
 
 def _sha256(data: bytes) -> str:
