@@ -8,6 +8,7 @@
     mylm generate | chat --checkpoint RUN_DIR                 a trained model, in a terminal    (generate.py)
     mylm eval RUN_DIR --data DIR | --text FILE...            loss, perplexity, bits per byte   (evaluate.py)
     mylm plot RUN_DIR... | search --config X --space S        the studies' commands             (studies.py)
+    mylm export hf RUN_DIR OUT_DIR | import hf HF_DIR OUT_RUN  to and from Hugging Face        (interop.py)
 
 This package is the top floor: it imports from every layer below and nothing imports it.
 Each module imports heavy libraries (jax, orbax, grain) inside its commands, so
@@ -26,10 +27,10 @@ import sys
 
 from mylm_jax import allocator
 from mylm_jax.cli import data, generate, model, quickstart, studies, tokenizer, train
-from mylm_jax.cli import evaluate
+from mylm_jax.cli import evaluate, interop
 from mylm_jax.cli.common import USER_ERRORS
 
-GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate)
+GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate, interop)
 # The commands that run compiled steps: they start under the faster allocator (a re-exec,
 # mylm_jax/allocator.py; the training ones say when a better one could be installed) and
 # with the persistent compilation cache (mylm_jax/train/compile_cache.py).

@@ -13,9 +13,12 @@ The loss mask is 1 exactly on assistant content and the <|end|> that closes it: 
 trains the model to write answers and to stop, never to predict the prompt. To make the
 model answer at inference, render the conversation so far and append <|assistant|>
 (`fit_history` does that, dropping the oldest turns that no longer fit the context).
+`jinja_template` is the same template for Hugging Face's `apply_chat_template`.
 """
 
 from __future__ import annotations
+
+import json
 
 from mylm_jax.tokenizer import specials as sp
 from mylm_jax.tokenizer.errors import TokenizerError
@@ -49,6 +52,27 @@ def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
         ids += [tokenizer.special_tokens[sp.ROLE_TOKENS[role]], *body, end_of_turn]
         mask += [0] + [trained] * (len(body) + 1)
     return ids, mask
+
+
+def jinja_template(tokenizer) -> str:
+    """`render`'s template (+ the "<|assistant|>" that makes the model answer) as a Jinja
+    template, for Hugging Face's `tokenizer.apply_chat_template(messages, add_generation_prompt=...)`:
+    it writes the text whose encoding is `render`'s ids. One difference: HF recognises
+    special-token strings inside the content ("<|end|>" typed by a user), `render` encodes
+    content as plain text (tests/test_hf_interop.py compares the ids)."""
+    if not tokenizer.has_chat_tokens:
+        raise TokenizerError(f"this tokenizer has no chat tokens (needs {', '.join(sp.CHAT_TOKENS)})")
+    bos = sp.BOS if sp.BOS in tokenizer.special_tokens else ""
+    roles = json.dumps(sp.ROLE_TOKENS)  # a JSON object is a Jinja dict literal
+    return ("{%- set roles = " + roles + " -%}{{- '" + bos + "' -}}"
+            "{%- for message in messages -%}"
+            "{%- if message['role'] not in roles -%}"
+            "{{- raise_exception('unknown role ' ~ message['role'] ~ ' (expected system, user or assistant)') -}}"
+            "{%- endif -%}"
+            "{%- if message['content'] is not string -%}{{- raise_exception('content must be a string') -}}{%- endif -%}"
+            "{{- roles[message['role']] + message['content'] + '" + sp.END_OF_TURN + "' -}}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{- '" + sp.ASSISTANT + "' -}}{%- endif -%}")
 
 
 def fit_history(tok, messages: list[dict], room: int) -> tuple[list[int], list[dict]]:
