@@ -18,8 +18,8 @@ Two remedies, in order of preference:
 Both are read by the dynamic loader when a process starts, so they cannot be switched
 on from inside a running Python: the `mylm` command re-executes itself once with the
 chosen environment (same PID, same arguments; `MYLM_ALLOCATOR_SET` marks the second
-start). jemalloc is used when present; otherwise THP, with one line saying that
-installing jemalloc would help. `MYLM_ALLOCATOR=system` keeps the process as it
+start). jemalloc is used when present; otherwise THP, and training prints one line
+saying that installing jemalloc would help. `MYLM_ALLOCATOR=system` keeps the process as it
 started (benchmarks of the default use it); `MYLM_ALLOCATOR=jemalloc|thp` asks for one.
 
 The choice changes no number a step computes, only where its scratch memory comes from.
@@ -34,6 +34,7 @@ from pathlib import Path
 
 CHOICE = "MYLM_ALLOCATOR"          # auto (default) | jemalloc | thp | system
 APPLIED = "MYLM_ALLOCATOR_SET"     # set in the re-executed process: never re-execute twice
+NOTE = "MYLM_ALLOCATOR_NOTE"       # the hint, for the trainer to print once training starts
 JEMALLOC_DECAY_OFF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 THP_TUNABLE = "glibc.malloc.hugetlb=1"
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
@@ -75,7 +76,7 @@ def plan(environ: dict, jemalloc: str | None, glibc: tuple[int, int] | None, thp
          ) -> tuple[str, dict, str | None]:
     """(allocator name, environment variables to set, a hint line or None) for this machine and
     MYLM_ALLOCATOR (auto, jemalloc or thp; `system` never gets here)."""
-    choice = environ.get(CHOICE, "auto")
+    choice = environ.get(CHOICE) or "auto"  # unset or empty: auto
     if choice not in ("auto", "jemalloc", "thp"):
         name, changes, _ = plan({**environ, CHOICE: "auto"}, jemalloc, glibc, thp)
         return name, changes, f"mylm: note: {CHOICE}={choice} is not one of auto, jemalloc, thp, system; using {name}"
@@ -90,17 +91,19 @@ def plan(environ: dict, jemalloc: str | None, glibc: tuple[int, int] | None, thp
     return "system", {APPLIED: "system"}, hint
 
 
-def reexec_with_fast_allocator(hint: bool = True) -> None:
-    """Re-execute this process under the allocator `plan` picks (once); print its hint, if any
-    (and `hint`: the training commands say it, the others only act on it).
+def reexec_with_fast_allocator() -> None:
+    """Re-execute this process under the allocator `plan` picks (once).
 
-    Called by the `mylm` command before it imports jax, for the commands that run steps."""
+    Called by the `mylm` command before it imports jax, for the commands that run steps. A
+    hint is not printed here (a command refused for a bad config must stay one line): it is
+    left in the environment (NOTE) and the trainer prints it when training starts (`note()`)."""
     if os.environ.get(APPLIED) or os.environ.get(CHOICE) == "system" or sys.platform != "linux":
         return
     name, changes, line = plan(dict(os.environ), find_jemalloc(), glibc_version(), thp_mode())
-    if line and hint and not accelerator_installed():
-        print(line, file=sys.stderr, flush=True)
+    if line and not accelerator_installed():
+        changes[NOTE] = line
     if name == "system":
+        os.environ.update(changes)
         return
     env = {**os.environ, **changes}
     argv = [sys.executable, *sys.orig_argv[1:]]  # `python -m mylm_jax.cli ...` or `.../bin/mylm ...`
@@ -110,3 +113,8 @@ def reexec_with_fast_allocator(hint: bool = True) -> None:
         os.execve(sys.executable, argv, env)
     except OSError:  # could not re-execute: go on as we are
         pass
+
+
+def note() -> str | None:
+    """The allocator's one-line hint for this process, once (None when there is none)."""
+    return os.environ.pop(NOTE, None)

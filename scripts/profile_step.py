@@ -42,7 +42,7 @@ from mylm_jax import allocator  # noqa: E402
 
 # Measure what `mylm pretrain` runs with: the same allocator choice (MYLM_ALLOCATOR=system
 # for a fresh machine's default; mylm_jax/allocator.py).
-allocator.reexec_with_fast_allocator(hint=False)
+allocator.reexec_with_fast_allocator()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -46,6 +46,7 @@ def test_asking_for_one_by_name():
     assert plan({CHOICE: "thp"}, JEMALLOC, GLIBC, "madvise")[2] is None  # asked for: no hint
     name, _, hint = plan({CHOICE: "jemalloc"}, None, GLIBC, "madvise")
     assert name == "system" and hint.startswith("mylm: note: MYLM_ALLOCATOR=jemalloc is not available here")
+    assert plan({CHOICE: ""}, None, GLIBC, "madvise") == plan({}, None, GLIBC, "madvise")  # empty = auto
     name, _, hint = plan({CHOICE: "tcmalloc"}, None, GLIBC, "madvise")
     assert name == "thp" and "MYLM_ALLOCATOR=tcmalloc is not one of auto, jemalloc, thp, system" in hint
 
@@ -59,7 +60,7 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
 
 def _reexecuted_environment(extra: dict) -> dict:
     """What a process sees after reexec_with_fast_allocator (run as `python -c`)."""
-    code = ("from mylm_jax import allocator; allocator.reexec_with_fast_allocator(hint=False); import os; "
+    code = ("from mylm_jax import allocator; allocator.reexec_with_fast_allocator(); import os; "
             "print(os.environ.get('MYLM_ALLOCATOR_SET'), os.environ.get('GLIBC_TUNABLES'), os.getpid())")
     env = {k: v for k, v in os.environ.items() if k not in (CHOICE, APPLIED)}
     proc = subprocess.Popen([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT), **extra},
@@ -92,7 +93,11 @@ def test_a_second_run_loads_its_compiled_programs_and_trains_the_same(data_path,
     (first, programs), (second, programs_after) = runs
     assert len(programs) >= 3 and programs_after == programs
     assert second == first
+    # Cache off; and the allocator's hint (as a machine without jemalloc would leave it): printed
+    # once when training starts, never on stderr, where a refused command's one line goes.
     off = tmp_path / "off"
     result = run_mylm(["pretrain"], tiny_config(data_path, off), tmp_path / "c_off.yaml",
-                      env={"MYLM_COMPILATION_CACHE": "off", "MYLM_CACHE": str(tmp_path / "home")})
+                      env={"MYLM_COMPILATION_CACHE": "off", "MYLM_CACHE": str(tmp_path / "home"),
+                           APPLIED: "thp", allocator.NOTE: HINT})
     assert result.returncode == 0 and not (tmp_path / "home" / "xla").exists()
+    assert result.stdout.count(HINT) == 1 and HINT not in result.stderr

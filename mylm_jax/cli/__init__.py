@@ -32,10 +32,9 @@ from mylm_jax.cli.common import USER_ERRORS
 
 GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate, interop)
 # The commands that run compiled steps: they start under the faster allocator (a re-exec,
-# mylm_jax/allocator.py; the training ones say when a better one could be installed) and
-# with the persistent compilation cache (mylm_jax/train/compile_cache.py).
-TRAINING_COMMANDS = {"quickstart", "pretrain", "sft", "search"}
-STEP_COMMANDS = TRAINING_COMMANDS | {"generate", "chat", "eval"}
+# mylm_jax/allocator.py; training says when a better one could be installed) and with the
+# persistent compilation cache (mylm_jax/train/compile_cache.py).
+STEP_COMMANDS = {"quickstart", "pretrain", "sft", "search", "generate", "chat", "eval"}
 
 
 def build_parser(owner: dict | None = None) -> argparse.ArgumentParser:
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in STEP_COMMANDS and argv is None:
         # A real command line, not a call from Python (tests, notebooks): the process is ours
         # to restart and its jax settings ours to choose.
-        allocator.reexec_with_fast_allocator(hint=args.command in TRAINING_COMMANDS)
+        allocator.reexec_with_fast_allocator()
         from mylm_jax.train import compile_cache
         compile_cache.enable()
     try:

@@ -33,6 +33,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from mylm_jax import allocator
 from mylm_jax.config import Config, ConfigError, config_to_dict, dump_config
 from mylm_jax.data.errors import DataError
 from mylm_jax.data.pretrain import LoaderConfig
@@ -119,6 +120,8 @@ class Trainer:
         self.skipped = progress.get("skipped_nonfinite", 0)
         if jax.process_index() == 0:
             print(self.ts.plan.describe(self.mesh), flush=True)
+            if (line := allocator.note()) is not None:
+                print(line, flush=True)  # e.g. "CPU steps run faster with jemalloc ..." (allocator.py)
         self.train_steps = make_train_steps(cfg, self.ts, cfg.train.steps_per_call)
         self.eval_step = make_eval_step(self.ts.graphdef)
         self.log = MetricsLog(self.out_dir, after_step=restored)  # a resume drops the steps it will redo
