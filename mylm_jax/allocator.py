@@ -18,8 +18,9 @@ Two remedies, in order of preference:
 Both are read by the dynamic loader when a process starts, so they cannot be switched
 on from inside a running Python: the `mylm` command re-executes itself once with the
 chosen environment (same PID, same arguments; `MYLM_ALLOCATOR_SET` marks the second
-start). jemalloc is used when present; otherwise THP, and training prints one line
-saying that installing jemalloc would help. `MYLM_ALLOCATOR=system` keeps the process as it
+start). jemalloc is used when present, otherwise THP; when neither is available (glibc
+older than 2.35, THP off, not glibc), training prints one line saying that installing
+jemalloc would help. `MYLM_ALLOCATOR=system` keeps the process as it
 started (benchmarks of the default use it); `MYLM_ALLOCATOR=jemalloc|thp` asks for one.
 
 The choice changes no number a step computes, only where its scratch memory comes from.
@@ -86,7 +87,8 @@ def plan(environ: dict, jemalloc: str | None, glibc: tuple[int, int] | None, thp
         return "jemalloc", {"LD_PRELOAD": preload, "MALLOC_CONF": conf, APPLIED: "jemalloc"}, None
     if choice in ("auto", "thp") and glibc is not None and glibc >= (2, 35) and thp in ("always", "madvise"):
         tunables = ":".join(filter(None, [environ.get("GLIBC_TUNABLES", ""), THP_TUNABLE]))
-        return "thp", {"GLIBC_TUNABLES": tunables, APPLIED: "thp"}, HINT if choice == "auto" else None
+        # No hint here: at 10 steps per call jemalloc and THP measured alike (docs/performance.md).
+        return "thp", {"GLIBC_TUNABLES": tunables, APPLIED: "thp"}, None
     hint = HINT if choice == "auto" else f"mylm: note: MYLM_ALLOCATOR={choice} is not available here; {HINT[12:]}"
     return "system", {APPLIED: "system"}, hint
 
