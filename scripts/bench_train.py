@@ -256,6 +256,8 @@ def run_mylm(config: str, data: Path, work: Path, iters: int, timeout: float, al
     (out / "metrics.jsonl").unlink(missing_ok=True)
     again = run_stamped(cmd, ROOT, log.with_suffix(".second.log"), timeout, watch=out / "metrics.jsonl", env=env,
                         stop_at_first_record=True)
+    if again["rc"] != 0:  # stopped by SIGTERM, a run saves and exits 0
+        fail_run(name + " (second start)", again, log.with_suffix(".second.log"))
     result["second_run_first_step_s"] = next((t for t, rec in again["records"] if "step_time_s" in rec), None)
     return result
 

@@ -105,6 +105,30 @@ def test_non_finite_loss(data_path, tmp_path, policy):
         assert result.returncode == 0 and records[-1]["step"] == 6
 
 
+def test_halt_right_after_a_checkpoint_and_sigterm_after_the_last_save(data_path, tmp_path):
+    """Two ways to ask for a step that is already on disk, each once a traceback (orbax refuses
+    to write a step twice): a halting NaN right after a checkpoint (the state is the
+    checkpointed one), and SIGTERM arriving after the run's final save."""
+    cfg = tiny_config(data_path, tmp_path, optim=dict(lr=1e9, warmup_steps=0, grad_clip=0.0),
+                      train=dict(on_nonfinite="halt", steps=6, eval_every=0, checkpoint_every=1))
+    result = run_mylm(["pretrain"], cfg, tmp_path / "c.yaml")
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "non-finite loss or gradient at step" in result.stdout
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    halted_at = min(r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+                    if r.get("skipped_nonfinite"))
+    assert saved[-1] == halted_at - 1  # the last good step, saved once
+
+    from mylm_jax.config import config_from_dict
+    from mylm_jax.data.sources import ShardsSource
+    from mylm_jax.train.loop import Trainer
+    cfg = config_from_dict(tiny_config(data_path, tmp_path / "again", train=dict(steps=2, eval_every=0)))
+    trainer = Trainer(cfg, ShardsSource(cfg), quiet=True)
+    assert trainer.run() == 2
+    trainer.save(wait=True)  # what the stop path does when SIGTERM lands after the final save
+    assert sorted(p.name for p in (tmp_path / "again" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+
+
 def test_continue_with_changed_settings_and_structural_errors(straight, data_path, tmp_path):
     import shutil
     run_dir = tmp_path / "run"

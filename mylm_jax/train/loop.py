@@ -125,6 +125,7 @@ class Trainer:
         self.train_steps = make_train_steps(cfg, self.ts, cfg.train.steps_per_call)
         self.eval_step = make_eval_step(self.ts.graphdef)
         self.log = MetricsLog(self.out_dir, after_step=restored)  # a resume drops the steps it will redo
+        self.saved_step = restored  # the newest step on disk that holds this state (save())
         if jax.process_index() == 0:
             atomic_write(self.out_dir / "config.yaml", dump_config(cfg))
             if self.tokenizer is not None:
@@ -143,7 +144,15 @@ class Trainer:
                 "progress": {"loss_ema": self.ema.state(), "skipped_nonfinite": self.skipped}}
 
     def save(self, val_loss: float | None = None, wait: bool = False) -> None:
+        """Checkpoint the current step, unless it is already saved: a stop signal or a halting
+        NaN that comes right after a checkpoint (or the end of the run, or a resume) finds its
+        step on disk, and orbax refuses to write a step twice."""
+        if self.ts.step == self.saved_step:
+            if wait:
+                self.checkpointer.wait()
+            return
         self.checkpointer.save(self.ts.step, self.ts.state, self.loader.get_state(), self._meta(), val_loss, wait)
+        self.saved_step = self.ts.step
 
     def evaluate(self) -> dict:
         loader = self.data.loader("val", self._loader_config(seed=0))

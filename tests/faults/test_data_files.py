@@ -330,7 +330,10 @@ def test_ctrl_c_during_prepare_is_one_line_and_leaves_nothing(tmp_path, tok):
     proc = subprocess.Popen([sys.executable, "-m", "mylm_jax.cli", "data", "prepare", str(tmp_path / "a.jsonl"),
                              "--tokenizer", str(tok), "--out", str(out), "--workers", "2", "--shard-tokens",
                              "2000", "--clean", "strip"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # A shell starting the suite in the background (`pytest &`) leaves SIGINT
+                            # ignored, and children inherit that: give the command a terminal's Ctrl-C.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while not (out.is_dir() and list(out.glob("train_*.tokens.npy"))):  # mid-run: shards written
