@@ -91,9 +91,10 @@ def schedule(iters: int) -> dict:
 # ----------------------------------------------------------------------------- running a subprocess
 
 def run_stamped(cmd: list[str], cwd: Path, log_path: Path, timeout: float, watch: Path | None = None,
-                env: dict | None = None, stop_at_first_record: bool = False) -> dict:
+                env: dict | None = None, stop_at_first_step: bool = False) -> dict:
     """Run cmd; stamp every stdout line (and every new line of `watch`, polled) with seconds since the start.
-    stop_at_first_record: SIGTERM the run once `watch` has its first record (a start-up measurement)."""
+    stop_at_first_step: SIGTERM the run once `watch` has its first step's record (a start-up measurement;
+    the evaluation at step 0 comes before it)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -124,9 +125,9 @@ def run_stamped(cmd: list[str], cwd: Path, log_path: Path, timeout: float, watch
             records += [(now, json.loads(s)) for s in complete if s.strip()]
         if done:
             break
-        if stop_at_first_record and records and proc.returncode is None:
+        if stop_at_first_step and any("step_time_s" in rec for _, rec in records) and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)  # MyLM saves and exits 0 on SIGTERM
-            stop_at_first_record = False
+            stop_at_first_step = False
         if time.perf_counter() - t0 > timeout:
             proc.kill()
             proc.wait()
@@ -255,7 +256,7 @@ def run_mylm(config: str, data: Path, work: Path, iters: int, timeout: float, al
     result = summarize(name, r, first, step_ms, curve, sched["eval_interval"], " ".join(cmd), log)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     again = run_stamped(cmd, ROOT, log.with_suffix(".second.log"), timeout, watch=out / "metrics.jsonl", env=env,
-                        stop_at_first_record=True)
+                        stop_at_first_step=True)
     if again["rc"] != 0:  # stopped by SIGTERM, a run saves and exits 0
         fail_run(name + " (second start)", again, log.with_suffix(".second.log"))
     result["second_run_first_step_s"] = next((t for t, rec in again["records"] if "step_time_s" in rec), None)
