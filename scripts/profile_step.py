@@ -54,7 +54,7 @@ from mylm_jax.parallel import make_mesh, shard_batch  # noqa: E402
 from mylm_jax.studies.results import markdown_table  # noqa: E402
 from mylm_jax.train.loss import loss_weights, objective  # noqa: E402
 from mylm_jax.train.state import create_state  # noqa: E402
-from mylm_jax.train.step import k_step_batch, make_train_steps  # noqa: E402
+from mylm_jax.train.step import make_train_steps  # noqa: E402
 
 
 def random_batch(cfg, rng) -> dict:
@@ -110,10 +110,8 @@ def main() -> None:
     mesh = make_mesh(cfg.mesh)
     ts = create_state(cfg, mesh)
     train_steps = make_train_steps(cfg, ts, K)
-    host = random_batch(cfg, np.random.default_rng(0))
-    B = cfg.train.batch_size
-    host_K, active = k_step_batch([{k: v[i * B:(i + 1) * B] for k, v in host.items()} for i in range(K)], K)
-    batch = shard_batch(host_K, mesh, cfg.train.microbatches * K)
+    host = random_batch(cfg, np.random.default_rng(0))  # K batches' rows, one after the other
+    batch, active = shard_batch(host, mesh, cfg.train.microbatches * K), np.ones(K, bool)
     state = {"s": ts.state}
 
     def run_train_step():
