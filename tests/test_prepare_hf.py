@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mylm_jax.data.errors import DataError
 from mylm_jax.data.hf_encode import HFEncoder, resolve_encoder
+from mylm_jax.data import prepare as prepare_module
 from mylm_jax.data.prepare import PrepareSettings, prepare
 from mylm_jax.tokenizer import train_tokenizer
 from tests.tokenizer_data import DATA
@@ -79,13 +80,18 @@ def _same_dataset(a: Path, b: Path) -> int:
 
 
 @pytest.mark.parametrize("corpus", ["built-in", "shared"])
-def test_hf_and_python_write_the_same_shards(tmp_path, tokenizer_path, corpus):
+def test_hf_and_python_write_the_same_shards(tmp_path, tokenizer_path, corpus, monkeypatch):
     texts = built_in_texts() if corpus == "built-in" else shared_texts()
     if not texts:
         pytest.skip(f"shared data not found: {DATA}")
     hf_dir, hf_meta = _prepare(tmp_path, tokenizer_path, texts, "hf")
     py_dir, py_meta = _prepare(tmp_path, tokenizer_path, texts, "python", workers=2)
     assert _same_dataset(hf_dir, py_dir) >= 4  # tokens + docs, train + val (several shards: shard_tokens)
+    if corpus == "shared":  # hf in two worker processes, small tasks so that both get several
+        monkeypatch.setattr(prepare_module, "HF_POOL_DOCS", 64)
+        (tmp_path / "pool").mkdir()
+        pool_dir, _ = _prepare(tmp_path / "pool", tokenizer_path, texts, "hf", workers=2)
+        assert _same_dataset(pool_dir, hf_dir) >= 4
     assert hf_meta["splits"] == py_meta["splits"] and hf_meta["split"] == py_meta["split"]
     assert (hf_meta["encoder"], py_meta["encoder"]) == ("hf", "python")
     assert hf_meta["splits"]["train"]["num_documents"] + hf_meta["splits"]["val"]["num_documents"] == len(texts)

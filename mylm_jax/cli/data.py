@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
                    help="do not end documents with the EOS token (EOS is appended unless given)")
     p.add_argument("--seed", type=int, default=0, help="the val split's and downsample's seed")
     p.add_argument("--shard-tokens", type=int, default=50_000_000, help="tokens per shard file")
-    p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0: one per CPU)")
+    p.add_argument("--workers", type=int, default=0, help="encoding processes (0: one per CPU; with the hf encoder, one for an input under 8 MB)")
     p.add_argument("--encoder", choices=["auto", "hf", "python"], default="auto",
                    help="who applies the merges: hf (HF tokenizers), python (the reference); the same ids; "
                         "auto: hf when installed")

@@ -4,9 +4,11 @@
       -> readers.read_documents      (bad records skipped and counted, or a one-line error)
       -> clean.Cleaner               (normalise, filter, dedup, downsample; counted per step)
       -> encode                      (in order; + the EOS token if --eos): encoder "hf"
-                                     (hf_encode.py: HF `tokenizers` does the merges, on its
-                                     threads) or "python" (Tokenizer.encode, the reference, in
-                                     worker processes); "auto" = hf when importable; the same ids
+                                     (hf_encode.py: HF `tokenizers` does the merges) or
+                                     "python" (Tokenizer.encode, the reference); "auto" = hf
+                                     when importable; the same ids. Both run in worker
+                                     processes (--workers; hf stays in this process for an
+                                     input under HF_POOL_MIN_BYTES unless --workers is given)
       -> train / val split           ("document": each document to val with probability
                                       val_fraction, from a seeded generator; "tail": the last
                                       val_fraction of the token stream, nanoGPT style)
@@ -34,6 +36,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -49,6 +52,11 @@ from mylm_jax.data.shards import (METADATA, TMP_MARK, TOKENIZER_FILE, ShardWrite
 
 CHUNK_DOCS = 256  # documents per task sent to a worker process
 HF_BATCH_DOCS = 2048  # documents per batch of the hf encoder (its new chunks: one encode_batch)
+HF_POOL_DOCS = 1024  # documents per task of an hf worker process
+# Below this many bytes of input, --encoder hf with the default --workers stays in one
+# process: starting a worker (a fresh interpreter, its imports, the encoder) takes about
+# a second, as long as one process needs for a few MB.
+HF_POOL_MIN_BYTES = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -79,20 +87,26 @@ class PrepareSettings:
             raise DataError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
 
 
-_worker_tokenizer = None
+_worker_encode = None  # this process's encoder: texts -> their ids, set by _init_worker
 
 
-def _init_worker(tokenizer, in_pool: bool = False) -> None:
+def _init_worker(tokenizer, encoder: str, in_pool: bool = False) -> None:
     """Each worker gets the tokenizer itself (pickled), not its path: the file could change
     while the run goes on, and the ids must come from the tokenizer the metadata records."""
-    global _worker_tokenizer
+    global _worker_encode
     if in_pool:  # Ctrl-C reaches every process of the terminal; the parent stops the pool
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker_tokenizer = tokenizer
+        # The processes are the parallelism: one HF thread each (rayon reads this once, at
+        # its first use, which is after this line), so they do not compete for the cores.
+        os.environ["RAYON_NUM_THREADS"] = "1"
+    if encoder == "hf":
+        _worker_encode = HFEncoder(tokenizer).encode_batch
+    else:
+        _worker_encode = lambda texts: [np.asarray(tokenizer.encode(t), np.int64) for t in texts]  # noqa: E731
 
 
 def _encode_chunk(texts: list[str]) -> list[np.ndarray]:
-    return [np.asarray(_worker_tokenizer.encode(t), np.int64) for t in texts]
+    return _worker_encode(texts)
 
 
 def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -104,6 +118,20 @@ def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _in_order(pool, chunks: Iterator[list[str]], window: int) -> Iterator[list[np.ndarray]]:
+    """The pool's encodings of `chunks`, in order, with at most `window` chunks in flight.
+    (Pool.imap would read the whole corpus into its task queue ahead of the workers; here
+    this process reads the next chunk while the workers encode the previous ones, and the
+    memory held is a few chunks whatever the corpus size.)"""
+    pending = deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _fingerprint(settings: PrepareSettings, sources: list[dict], tokenizer_id: str) -> str:
@@ -200,20 +228,24 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
 
     workers = settings.workers or os.cpu_count() or 1
     encoder = resolve_encoder(settings.encoder)
+    if encoder == "hf" and not settings.workers and sum(s["bytes"] for s in sources) < HF_POOL_MIN_BYTES:
+        workers = 1  # a small input is done before worker processes would have started
     pool = None
-    if encoder == "hf":
-        # In this process: HF's threads merge the new chunks of each batch (hf_encode.py), no
-        # worker processes to start. Its thread pool (rayon) reads RAYON_NUM_THREADS once, at
-        # its first use: --workers sets it unless the environment already does.
-        if settings.workers:
-            os.environ.setdefault("RAYON_NUM_THREADS", str(settings.workers))
-        encoded = map(HFEncoder(tokenizer).encode_batch, _chunks(counted(texts), HF_BATCH_DOCS))
-    elif workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer, True))
-        encoded = pool.imap(_encode_chunk, _chunks(counted(texts), CHUNK_DOCS))
+    if workers > 1:
+        # One encoder per process, documents in chunks, results in input order: the ids
+        # and the split are the same as in one process. (With hf, one process alone is
+        # bound by its Python split and id assembly; HF's own threads only merge the new
+        # chunks, so processes, not threads, use the cores.)
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer, encoder, True))
+        size = HF_POOL_DOCS if encoder == "hf" else CHUNK_DOCS
+        encoded = _in_order(pool, _chunks(counted(texts), size), 2 * workers)
     else:
-        _init_worker(tokenizer)
-        encoded = map(_encode_chunk, _chunks(counted(texts), CHUNK_DOCS))
+        if encoder == "hf" and settings.workers:
+            # HF's threads merge the new chunks of each batch (hf_encode.py); --workers sets
+            # their number unless the environment already does.
+            os.environ.setdefault("RAYON_NUM_THREADS", str(settings.workers))
+        _init_worker(tokenizer, encoder)
+        encoded = map(_encode_chunk, _chunks(counted(texts), HF_BATCH_DOCS if encoder == "hf" else CHUNK_DOCS))
     bar = None
     if progress:
         from tqdm import tqdm
