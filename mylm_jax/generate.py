@@ -147,6 +147,20 @@ def sample_next(logits_BV: jax.Array, key, seen_BV: jax.Array, s: SamplingConfig
     return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def sample_rows(logits_BV: jax.Array, keys_B: jax.Array, temperature_B: jax.Array, top_p_B: jax.Array,
+                vocab_limit: int) -> jax.Array:
+    """`sample_next` with each row's own temperature, top-p and key (arrays, so rows of one
+    batch may differ; the server's slots, mylm_jax/serve/slots.py). Same steps in the same
+    order, no top-k or repetition penalty; row b draws exactly what `sample_next` with
+    keys_B[b] draws for that row alone, so a row's text does not depend on its neighbours."""
+    logits_BV = mask_ids_from(logits_BV.astype(jnp.float32), vocab_limit)
+    greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    scaled_BV = logits_BV / jnp.where(temperature_B > 0, temperature_B, 1.0)[:, None]
+    scaled_BV = jnp.where((top_p_B < 1.0)[:, None], top_p_filter(scaled_BV, top_p_B[:, None]), scaled_BV)
+    drawn_B = jax.vmap(lambda key, z_V: jax.random.categorical(key, z_V[None], axis=-1)[0])(keys_B, scaled_BV)
+    return jnp.where(temperature_B > 0, drawn_B.astype(jnp.int32), greedy_B)
+
+
 class Generator:
     """Jitted prefill and decode step for one model; reuse it across calls (compiled once per shape).
 

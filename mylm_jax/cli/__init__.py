@@ -9,6 +9,7 @@
     mylm eval RUN_DIR --data DIR | --text FILE...            loss, perplexity, bits per byte   (evaluate.py)
     mylm plot RUN_DIR... | search --config X --space S        the studies' commands             (studies.py)
     mylm export hf RUN_DIR OUT_DIR | import hf HF_DIR OUT_RUN  to and from Hugging Face        (interop.py)
+    mylm serve RUN_DIR [--port 8000] [--max-batch 8]          an OpenAI-compatible API + chat page (serve.py)
 
 This package is the top floor: it imports from every layer below and nothing imports it.
 Each module imports heavy libraries (jax, orbax, grain) inside its commands, so
@@ -27,14 +28,14 @@ import sys
 
 from mylm_jax import allocator
 from mylm_jax.cli import data, generate, model, quickstart, studies, tokenizer, train
-from mylm_jax.cli import evaluate, interop
+from mylm_jax.cli import evaluate, interop, serve
 from mylm_jax.cli.common import USER_ERRORS
 
-GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate, interop)
+GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate, interop, serve)
 # The commands that run compiled steps: they start under the faster allocator (a re-exec,
 # mylm_jax/allocator.py; training says when a better one could be installed) and with the
 # persistent compilation cache (mylm_jax/train/compile_cache.py).
-STEP_COMMANDS = {"quickstart", "pretrain", "sft", "search", "generate", "chat", "eval"}
+STEP_COMMANDS = {"quickstart", "pretrain", "sft", "search", "generate", "chat", "eval", "serve"}
 
 
 def build_parser(owner: dict | None = None) -> argparse.ArgumentParser:
