@@ -10,6 +10,8 @@ The model never names a mesh axis. Each parameter carries logical axis names
     kv_heads, mlp
     expert         expert       expert parallelism: each device holds some experts
     head_dim, None —            replicated
+    layers         —            the scanned stack's layer axis (model.scan_layers): not split, each
+                                device holds its shard of every layer; the scan takes one per iteration
 
 Changing the parallelism means changing the mesh sizes (`mesh` config section) or this
 table, never the model. XLA's SPMD partitioner inserts the collectives (all-gathers of
@@ -43,6 +45,7 @@ LOGICAL_RULES: dict[str | None, str | None] = {
     "mlp": "tensor",
     "expert": "expert",
     "head_dim": None,
+    "layers": None,
     None: None,
 }
 

@@ -218,6 +218,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.fp8 or cfg.param_dtype != "float32":  # the twin proves the float32 / bfloat16 numbers only
+            raise ValueError("the twin has no model.fp8 and keeps float32 parameters (model.param_dtype=float32); "
+                             "these options are JAX-only (docs/precision.md)")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.position == "learned":

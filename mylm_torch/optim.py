@@ -21,6 +21,9 @@ class TwinOptimizer:
     """clip_grad_norm_ -> AdamW and Muon steps -> schedulers; `step()` once per training step."""
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, total_steps: int):
+        if optim.moment_dtype != "float32":  # torch's AdamW keeps its moments in the parameters' dtype
+            raise ValueError("the twin keeps float32 optimizer moments: optim.moment_dtype=bfloat16 is JAX-only "
+                             "(docs/precision.md)")
         named = dict(model.named_parameters())
         self.optim, self.params, self.step_count = optim, list(named.values()), 0
         groups = {(o, d): [] for o in ("adamw", "muon") for d in (True, False)}

@@ -57,6 +57,14 @@ MUON_BF16_ABS = 2e-3  # JAX bfloat16 Newton-Schulz vs torch.optim.Muon (always b
 #                       8 mantissa bits, 4e-3 relative); measured 8e-4. The twin in bf16 equals
 #                       torch.optim.Muon bit for bit, so the exact check is made there.
 
+# Layouts (tests/test_scan_layers.py): JAX against JAX, the scanned layer stack (model.scan_layers)
+# against the unrolled one with the same weights, both jitted. Not a twin comparison: the same ops,
+# only XLA's loop vs straight-line code (fusion, summation order of the stacked gradients).
+SCAN_ABS = 1e-6  # gradients (O(1)) and MoE aux terms: a few float32 ulps
+SCAN_REL = 1e-6  # logits, relative to the largest |logit|: logits reach ~8 here, where one float32
+#                  ulp is 9.5e-7, so an absolute 1e-6 would demand bit equality; measured 1-ulp
+#                  differences (1.2e-6 abs, 1.4e-7 rel) where XLA fuses the loop body differently
+
 
 @dataclass
 class Report:

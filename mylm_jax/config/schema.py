@@ -17,10 +17,12 @@ Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu"]
 Position = Literal["learned", "rope", "none"]
 AttnGate = Literal["none", "headwise", "elementwise"]
-AttnImpl = Literal["auto", "reference", "dot_product", "blockwise"]
+AttnImpl = Literal["auto", "reference", "dot_product", "blockwise", "cudnn"]
 MoeImpl = Literal["dense", "ragged", "blocked"]
 Init = Literal["normal", "gpt2_scaled", "xavier", "kaiming", "zero_out"]
 DType = Literal["float32", "bfloat16"]
+# Rematerialisation of each block in the backward pass (mylm_jax/model/stack.py, docs/scaling.md).
+Remat = Literal["none", "dots", "dots_saveable", "full"]
 # What a parameter is, for the optimizer (mylm_jax/optim/grouping.py decides it).
 ParamKind = Literal["embedding", "head", "norm", "bias", "score", "matrix", "experts"]
 
@@ -49,7 +51,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     qk_norm: bool = False  # normalise q and k per head before RoPE (same norm type as `norm`)
     attn_gate: AttnGate = "none"  # Qwen gated attention, position G1
-    attention_impl: AttnImpl = "auto"  # auto: dot_product on GPU/TPU, blockwise on CPU
+    attention_impl: AttnImpl = "auto"  # auto: by platform (mylm_jax/model/attention.py: choose_attention)
     attention_block: int = 64  # query rows per block for attention_impl=blockwise
     # Mixture of experts. n_experts == 0 means a dense model.
     n_experts: int = 0
@@ -62,7 +64,16 @@ class ModelConfig:
     moe_block_rows: int = 128  # rows per block for moe_impl=blocked (128 was fastest on CPU)
     init: Init = "gpt2_scaled"
     init_std: float = 0.02
-    dtype: DType = "float32"  # compute dtype of matmul inputs; params and accumulation stay float32
+    dtype: DType = "float32"  # compute dtype of matmul inputs; accumulation stays float32
+    # Storage dtype of the parameters. bfloat16 halves their memory but drops the float32
+    # master copy: updates smaller than half a bfloat16 ulp are lost (docs/precision.md).
+    param_dtype: DType = "float32"
+    fp8: bool = False  # attention and MLP Dense matmuls in FP8 (mylm_jax/model/fp8.py, docs/precision.md)
+    # The layer stack (mylm_jax/model/stack.py): scan_layers runs the blocks under nnx.scan
+    # (weights stacked on a leading "layers" axis; compiled once instead of n_layers times);
+    # remat recomputes activations in the backward pass instead of keeping them.
+    scan_layers: bool = False
+    remat: Remat = "none"
 
     RANGES = {  # see check_fields; the Optional sizes are checked when set
         "vocab_size": "> 0", "max_seq_len": "> 0", "d_model": "> 0", "n_layers": "> 0", "n_heads": "> 0",
@@ -163,6 +174,9 @@ class OptimConfig:
     # over the first muon_momentum_warmup_steps steps; 0 disables.
     muon_momentum_warmup_steps: int = 0
     muon_momentum_start: float = 0.85
+    # Storage dtype of AdamW's two moments and Muon's momentum (the update is computed in
+    # float32 either way); bfloat16 halves the optimizer state (docs/precision.md).
+    moment_dtype: DType = "float32"
 
     # eps > 0: with eps = 0 a parameter whose gradient is 0 gets the update 0 / 0 = NaN.
     # muon_ns_steps > 0: without Newton-Schulz steps the update is not orthogonalised (not Muon).

@@ -28,6 +28,7 @@ from mylm_jax.interop.errors import InteropError
 from mylm_jax.interop.hf_tokenizer import generation_config, token_ids, tokenizer_files
 from mylm_jax.interop.mapping import to_hf
 from mylm_jax.interop.safetensors_files import DTYPES, write_weights
+from mylm_jax.model.layout import to_unrolled
 from mylm_jax.model.params import flat_params
 from mylm_jax.tokenizer import Tokenizer
 from mylm_jax.train.run_dir import RunDir
@@ -89,4 +90,6 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dt
     check_dtype(dtype)
     prepare_out_dir(Path(out), overwrite)
     model, cfg, tok = run.load_model(step)
-    return export_model(cfg.model, flat_params(model), tok, out, dtype, max_shard_bytes), step
+    # A scanned model's stacked weights are written per layer, as the unrolled model's (model/layout.py).
+    flat = to_unrolled(flat_params(model), cfg.model)
+    return export_model(cfg.model, flat, tok, out, dtype, max_shard_bytes), step

@@ -12,22 +12,31 @@ where x is the block's normed input. The gate is one scalar per head ("headwise"
 W_g: [D, H]) or one per element ("elementwise", W_g: [D, H, d]). It lets a head
 output (close to) nothing, which removes attention sinks and massive activations.
 
-Three implementations compute the same function (`model.attention_impl`):
+Four implementations compute the same function (`model.attention_impl`):
   * "reference": the two einsums written out over the whole T x T square with an
     explicit mask: the definition, easiest to read;
-  * "dot_product": `jax.nn.dot_product_attention`, the library kernel (cuDNN flash
-    attention on GPU when the mask allows it, XLA elsewhere);
+  * "dot_product": `jax.nn.dot_product_attention` with XLA's implementation (the
+    T x S scores written out by the compiler);
+  * "cudnn": the same call with implementation="cudnn", cuDNN's fused flash attention
+    (GPU only; bfloat16 inputs, head_dim a multiple of 8 up to 128). Its causal mask
+    type skips the upper triangle; packed documents add the same-document mask, which
+    jax turns into an additive bias;
   * "blockwise": queries in blocks of `attention_block` rows; block i attends only to
     keys [0, end of block i), so the all-masked upper triangle is never computed
     (about half the work at many blocks) and each block's scores stay cache-sized.
     Exact: each query still sees all its keys in one softmax. Fastest on CPU.
-  * "auto" (default): dot_product on GPU/TPU, blockwise on CPU.
+  * "auto" (default), by platform (`choose_attention`): blockwise on CPU; cudnn on GPU
+    when the config allows it, else dot_product; dot_product on TPU (a Pallas
+    flash/splash kernel would be faster at long T, but none can be tested here, and at
+    T <= 2048 XLA's fused attention is within reach of it).
+A fallback from what was asked (cudnn on a CPU, float32 inputs on a GPU) is logged once.
 All take the same boolean mask: causal AND same-document (`segment_ids`), so packed
 documents never attend to one another.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -39,6 +48,47 @@ from mylm_jax.config import ModelConfig
 from mylm_jax.model.layers import Dense, fused_dense, make_norm, rope
 
 NEG_INF = -1e30  # finite, so a fully masked row cannot produce NaN
+_log = logging.getLogger(__name__)
+_logged: set[str] = set()
+
+
+def platform() -> str:
+    """The backend the model runs on ("cpu", "gpu", "tpu"); tests replace it to try the others."""
+    return jax.default_backend()
+
+
+def cudnn_unsupported(cfg: ModelConfig) -> str:
+    """Why cuDNN's fused attention cannot run this config ("" when it can)."""
+    if cfg.dtype != "bfloat16":
+        return f"cuDNN flash attention needs bfloat16 inputs (model.dtype={cfg.dtype})"
+    if cfg.head_dim % 8 or cfg.head_dim > 128:
+        return f"cuDNN flash attention needs head_dim a multiple of 8 up to 128 (head_dim={cfg.head_dim})"
+    return ""
+
+
+def choose_attention(cfg: ModelConfig, on: str) -> tuple[str, str]:
+    """(implementation, why it differs from the asked one or "") for model.attention_impl on
+    platform `on`."""
+    impl = cfg.attention_impl
+    if impl == "auto":
+        if on == "cpu":
+            return "blockwise", ""
+        if on != "gpu":  # TPU: XLA (see the module docstring)
+            return "dot_product", ""
+        why = cudnn_unsupported(cfg)
+        return ("dot_product", f"attention_impl=auto on gpu: {why}; using dot_product (XLA)") if why \
+            else ("cudnn", "")
+    if impl == "cudnn":
+        why = cudnn_unsupported(cfg) if on == "gpu" else f"it needs a GPU (platform: {on})"
+        if why:
+            return "dot_product", f"model.attention_impl=cudnn: {why}; using dot_product (XLA)"
+    return impl, ""
+
+
+def log_once(message: str) -> None:
+    if message and message not in _logged:
+        _logged.add(message)
+        _log.warning(message)
 
 
 def attention_mask(segment_ids_BT: jax.Array | None, B: int, T: int) -> jax.Array:
@@ -89,12 +139,18 @@ def blockwise_attention(q_BTHd, k_BSKd, v_BSKd, segment_ids_BT, dtype, block: in
     return out_BKGTd.transpose(0, 3, 1, 2, 4).reshape(B, T, H, d)
 
 
-def fast_attention(q_BTHd, k_BSKd, v_BSKd, segment_ids_BT, dtype) -> jax.Array:
-    """`jax.nn.dot_product_attention`; without segment ids it uses `is_causal`, which
-    lets the cuDNN kernel skip the masked half instead of reading a mask."""
+def fast_attention(q_BTHd, k_BSKd, v_BSKd, segment_ids_BT, dtype, implementation: str | None = None) -> jax.Array:
+    """`jax.nn.dot_product_attention` (implementation None: XLA, "cudnn": cuDNN).
+
+    Without segment ids it uses `is_causal` only. With them, XLA gets the whole mask
+    (causal AND same document); cuDNN gets `is_causal` (its causal mask type, which skips
+    the upper triangle) plus the same-document mask [B, 1, T, S] (applied as a bias)."""
     q, k, v = (t.astype(dtype) for t in (q_BTHd, k_BSKd, v_BSKd))
     if segment_ids_BT is None:
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    elif implementation == "cudnn":
+        same_doc_B1TS = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None]
+        out = jax.nn.dot_product_attention(q, k, v, mask=same_doc_B1TS, is_causal=True, implementation="cudnn")
     else:
         B, T = segment_ids_BT.shape
         mask_B1TS = attention_mask(segment_ids_BT, B, T)[:, None]
@@ -184,14 +240,14 @@ class Attention(nnx.Module):
         cfg = self.cfg
         q_BTHd, k_BTKd, v_BTKd, gate_logits = self._project(x_ND, B, T, positions_BT)
         dtype = jnp.dtype(cfg.dtype)
-        impl = cfg.attention_impl
-        if impl == "auto":
-            impl = "blockwise" if jax.default_backend() == "cpu" else "dot_product"
+        impl, fallback = choose_attention(cfg, platform())
+        log_once(fallback)
         if impl == "reference":
             y_BTHd = reference_attention(q_BTHd, k_BTKd, v_BTKd,
                                          attention_mask(segment_ids_BT, B, T), dtype)
         elif impl == "blockwise":
             y_BTHd = blockwise_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype, cfg.attention_block)
         else:
-            y_BTHd = fast_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype)
+            y_BTHd = fast_attention(q_BTHd, k_BTKd, v_BTKd, segment_ids_BT, dtype,
+                                    "cudnn" if impl == "cudnn" else None)
         return self._output(y_BTHd, gate_logits)

@@ -28,6 +28,7 @@ from mylm_jax.model.attention import Attention, KVCache
 from mylm_jax.model.init import initializer
 from mylm_jax.model.layers import MLP, make_norm, matmul, param
 from mylm_jax.model.moe import MoE
+from mylm_jax.model.stack import build_stack, run_layers
 
 
 class Block(nnx.Module):
@@ -65,7 +66,12 @@ class GPT(nnx.Module):
         self.embed = param(rngs, initializer(cfg, "embed"), (V, D), ("vocab", "embed"))
         if cfg.position == "learned":
             self.pos_embed = param(rngs, initializer(cfg, "embed"), (cfg.max_seq_len, D), (None, "embed"))
-        self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.n_layers)])
+        # The layer stack (mylm_jax/model/stack.py): `blocks` [layer] unrolled, or `stack`
+        # [segment][position] with every weight stacked over the segment's repeats.
+        if cfg.scan_layers:
+            self.stack = build_stack(cfg, lambda i: Block(cfg, i, rngs))
+        else:
+            self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.n_layers)])
         self.final_norm = make_norm(cfg, D)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, initializer(cfg, "head", D, V), (D, V), ("embed", "vocab"))
@@ -76,12 +82,9 @@ class GPT(nnx.Module):
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
         x_ND = self._embed(tokens_BT, positions_BT)
-        layer_aux = []
-        for block in self.blocks:
-            x_ND, aux = block(x_ND, B, T, positions_BT, segment_ids_BT)
-            if aux is not None:
-                layer_aux.append(aux)
-        return self._logits(x_ND, B, T), merge_aux(layer_aux)
+        x_ND, layer_aux = run_layers(self.cfg, self, x_ND,
+                                     lambda block, x_ND: block(x_ND, B, T, positions_BT, segment_ids_BT))
+        return self._logits(x_ND, B, T), merge_aux([aux for aux in layer_aux if aux is not None])
 
     def _embed(self, tokens_BT, positions_BT):
         x_ND = self.embed[...][tokens_BT.reshape(-1)]
@@ -96,11 +99,14 @@ class GPT(nnx.Module):
         index = cache.index
         valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, valid_BT, (0, index))
         x_ND = self._embed(tokens_BT, positions_BT)
-        keys, values = [], []
-        for block, k_BSKd, v_BSKd in zip(self.blocks, cache.keys, cache.values):
+
+        def layer(block, x_ND, k_BSKd, v_BSKd):
             x_ND, k_BSKd, v_BSKd = block.decode(x_ND, B, T, positions_BT, valid_BT, k_BSKd, v_BSKd, valid_BS, index)
-            keys.append(k_BSKd)
-            values.append(v_BSKd)
+            return x_ND, (k_BSKd, v_BSKd)
+
+        # Every layer's (keys, values); a scanned stack scans them with its weights.
+        x_ND, kv = run_layers(self.cfg, self, x_ND, layer, list(zip(cache.keys, cache.values)), remat=False)
+        keys, values = zip(*kv)
         return self._logits(x_ND, B, T), KVCache(tuple(keys), tuple(values), valid_BS, index + T)
 
     def _logits(self, x_ND, B, T):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mylm_jax.config import ModelConfig
+from mylm_jax.model.fp8 import fp8_matmul
 from mylm_jax.model.init import Initializer, Role, initializer
 
 Axes = tuple[str | None, ...]
@@ -45,6 +46,12 @@ def matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
+def dense_matmul(x: jax.Array, w: jax.Array, dtype, fp8: bool) -> jax.Array:
+    """A Dense layer's x @ w: `matmul`, or with model.fp8 the FP8 matmul (mylm_jax/model/fp8.py:
+    e4m3 inputs, e5m2 gradients, per-tensor scales; float32 result either way)."""
+    return fp8_matmul(x, w) if fp8 else matmul(x, w, dtype)
+
+
 class Dense(nnx.Module):
     """y = x @ W (+ b) where W has shape in_shape + out_shape.
 
@@ -58,6 +65,7 @@ class Dense(nnx.Module):
         fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
         self.in_shape, self.out_shape = in_shape, out_shape
         self.dtype = jnp.dtype(cfg.dtype)
+        self.fp8 = cfg.fp8
         self.kernel = param(rngs, initializer(cfg, role, fan_in, fan_out),
                             in_shape + out_shape, in_axes + out_axes)
         self.bias = zeros_param(out_shape, out_axes) if (cfg.bias if bias is None else bias) else None
@@ -66,7 +74,7 @@ class Dense(nnx.Module):
         """x: [N, *in_shape] -> [N, *out_shape]."""
         n = x.shape[0]
         w = self.kernel[...].reshape(math.prod(self.in_shape), -1)
-        y = matmul(x.reshape(n, -1), w, self.dtype)
+        y = dense_matmul(x.reshape(n, -1), w, self.dtype, self.fp8)
         if self.bias is not None:
             y = y + self.bias[...].reshape(-1)
         return y.reshape((n,) + self.out_shape)
@@ -82,7 +90,7 @@ def fused_dense(x: jax.Array, layers: list[Dense]) -> list[jax.Array]:
     """
     n = x.shape[0]
     kernels = [layer.kernel[...].reshape(math.prod(layer.in_shape), -1) for layer in layers]
-    y = matmul(x.reshape(n, -1), jnp.concatenate(kernels, axis=1), layers[0].dtype)
+    y = dense_matmul(x.reshape(n, -1), jnp.concatenate(kernels, axis=1), layers[0].dtype, layers[0].fp8)
     if any(layer.bias is not None for layer in layers):
         y = y + jnp.concatenate([layer.bias[...].reshape(-1) if layer.bias is not None
                                  else jnp.zeros(k.shape[1], k.dtype) for layer, k in zip(layers, kernels)])

@@ -53,13 +53,16 @@ def build_optimizer(optim: OptimConfig, total_steps: int,
     factor = lr_factor(optim, total_steps)
     schedules = {"lr": lambda step: optim.lr * factor(step)}
     decay = {name: a.weight_decay for name, a in assignments.items()}
-    groups = {"adamw": adamw(schedules["lr"], optim.beta1, optim.beta2, optim.eps, optim.weight_decay, decay)}
+    moment_dtype = jnp.dtype(optim.moment_dtype)
+    groups = {"adamw": adamw(schedules["lr"], optim.beta1, optim.beta2, optim.eps, optim.weight_decay, decay,
+                             moment_dtype)}
     if any(a.optimizer == "muon" for a in assignments.values()):
         schedules["muon_lr"] = lambda step: optim.muon_lr * factor(step)
         groups["muon"] = muon(schedules["muon_lr"], muon_momentum(optim),
                               optim.muon_nesterov, optim.muon_weight_decay, optim.muon_ns_steps,
                               ns_dtype=jnp.dtype(optim.muon_ns_dtype), adjust_lr=optim.muon_adjust_lr,
-                              views={n: a.view for n, a in assignments.items() if a.view}, decay=decay)
+                              views={n: a.view for n, a in assignments.items() if a.view}, decay=decay,
+                              moment_dtype=moment_dtype)
 
     def labels(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: assignments[path_name(path)].optimizer, params)

@@ -44,7 +44,9 @@ from typing import Sequence
 
 from mylm_jax.config import OptimConfig, ParamKind
 
-BATCH_AXES = ("expert", None)  # logical axes that stack independent matrices
+# Logical axes that stack independent matrices; "layers" is the scanned stack's layer axis
+# (mylm_jax/model/layout.py): each layer's matrix is its own, as in the unrolled model.
+BATCH_AXES = ("expert", "layers", None)
 RESIDUAL = "embed"
 
 
@@ -110,7 +112,7 @@ def param_kind(name: str, shape: tuple[int, ...], axes: tuple[str | None, ...]) 
         return "norm"  # attn_norm, mlp_norm, q_norm, k_norm, final_norm
     if leaf == "bias":
         return "bias"
-    if leaf == "router" or (name.endswith("attn.gate.kernel") and len(shape) == 2):
+    if leaf == "router" or (name.endswith("attn.gate.kernel") and len(shape) - axes.count("layers") == 2):
         return "score"
     if "expert" in axes:
         return "experts"

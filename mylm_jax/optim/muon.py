@@ -67,26 +67,28 @@ def muon(learning_rate: float | Callable, momentum: float | Callable = 0.95, nes
          weight_decay: float = 0.0, ns_steps: int = 5, ns_coefficients=NS_COEFFICIENTS,
          eps: float = 1e-7, ns_dtype=jnp.float32, adjust_lr: AdjustLr = "original",
          views: Mapping[str, MatrixView] | None = None, decay: Mapping[str, bool] | None = None,
-         ) -> optax.GradientTransformation:
+         moment_dtype=jnp.float32) -> optax.GradientTransformation:
     """Muon as an optax transformation over a tree of matrices.
 
     A leaf is [..., fan_in, fan_out] unless `views` (by dotted parameter name) says how to
     see it as such; `decay` (by name, default True) switches weight decay off per leaf.
     `learning_rate` and `momentum` may be schedules of the step count. The returned
     update already includes the learning rate and the weight decay (params + update =
-    the new params), as torch.optim.Muon's step does.
+    the new params), as torch.optim.Muon's step does. The momentum is stored in
+    `moment_dtype` (bfloat16: rounded after each update, which is computed in float32).
     """
     views, decay = views or {}, decay or {}
 
     def init(params):
         return MuonState(count=jnp.zeros([], jnp.int32),
-                         momentum=jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params))
+                         momentum=jax.tree.map(lambda p: jnp.zeros_like(p, moment_dtype), params))
 
     def update(grads, state, params):
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         mu = momentum(state.count) if callable(momentum) else momentum
         # The same float operations as torch's lerp: B + (1 - mu)(G - B) and B - (1 - mu)(B - G).
-        new_buf = jax.tree.map(lambda b, g: b + (1 - mu) * (g - b), state.momentum, grads)
+        new_buf = jax.tree.map(lambda b, g: b.astype(jnp.float32) + (1 - mu) * (g - b.astype(jnp.float32)),
+                               state.momentum, grads)
 
         def one(path, g, b, p):
             name = path_name(path)
@@ -98,6 +100,7 @@ def muon(learning_rate: float | Callable, momentum: float | Callable = 0.95, nes
             return -lr * weight_decay * p - step if decay.get(name, True) else -step
 
         updates = jax.tree_util.tree_map_with_path(one, grads, new_buf, params)
-        return updates, MuonState(count=optax.safe_increment(state.count), momentum=new_buf)
+        stored = jax.tree.map(lambda b: b.astype(moment_dtype), new_buf)
+        return updates, MuonState(count=optax.safe_increment(state.count), momentum=stored)
 
     return optax.GradientTransformation(init, update)

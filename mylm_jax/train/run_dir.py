@@ -33,6 +33,7 @@ from flax import nnx
 
 from mylm_jax.config import Config, ConfigError, MeshConfig, apply_overrides, config_from_dict, config_to_dict
 from mylm_jax.model.gpt import GPT
+from mylm_jax.model.layout import convert_state, unrolled_shapes
 from mylm_jax.model.params import param_shapes
 from mylm_jax.parallel import make_mesh
 from mylm_jax.tokenizer import Tokenizer
@@ -61,10 +62,12 @@ def check_structure(meta: dict, cfg: Config, new_shapes: dict, tokenizer: dict |
     tokenizer. Returns the checkpoint's config.
 
     new_shapes: this run's parameter shapes (from the abstract state it builds anyway).
+    Compared in the unrolled layout: scanned and unrolled (model.scan_layers) continue each other.
     """
     old = config_from_dict(meta["config"])
     step = meta.get("step")
-    old_shapes = param_shapes(nnx.eval_shape(lambda: GPT(old.model, nnx.Rngs(0))))
+    old_shapes = unrolled_shapes(param_shapes(nnx.eval_shape(lambda: GPT(old.model, nnx.Rngs(0)))), old.model)
+    new_shapes = unrolled_shapes(new_shapes, cfg.model)
     for name in sorted(set(old_shapes) | set(new_shapes)):
         if old_shapes.get(name) != new_shapes.get(name):
             raise ConfigError(f"the checkpoint (step {step}) does not fit this model: parameter '{name}' is "
@@ -253,8 +256,13 @@ class RunDir:
         candidates = self._candidates(step)
         for i, s in enumerate(candidates):
             try:
-                old = check_structure(self.meta(s), cfg, template.param_shapes, identity) if check else None
-                state, data_state, _ = self.checkpointer.restore(s, target)
+                meta = self.meta(s)
+                old = check_structure(meta, cfg, template.param_shapes, identity) if check else None
+                saved_scan = config_from_dict(meta["config"]).model.scan_layers
+                if saved_scan == cfg.model.scan_layers:
+                    state, data_state, _ = self.checkpointer.restore(s, target)
+                else:
+                    state, data_state = self._restore_other_layout(s, cfg, mesh, saved_scan, target, template)
             except UnreadableCheckpoint as e:
                 self._skip(e, step is not None, candidates[i + 1:])
                 continue
@@ -263,6 +271,15 @@ class RunDir:
             template.state = state
             return template, data_state
         raise AssertionError("unreachable: _skip raises on the last candidate")
+
+    def _restore_other_layout(self, step: int, cfg: Config, mesh, saved_scan: bool, target, template):
+        """A checkpoint written with the other model.scan_layers: read in its own layout on this
+        mesh, then every array (weights and optimizer moments alike) restacked or split by name
+        (mylm_jax/model/layout.py) and placed with this run's shardings."""
+        saved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=saved_scan))
+        _, saved_target = restore_target(saved, mesh)
+        state, data_state, _ = self.checkpointer.restore(step, saved_target)
+        return jax.device_put(convert_state(state, target, cfg.model), template.shardings), data_state
 
     def set_aside_unreadable(self, restored: int) -> None:
         """A training run restored `restored`: move the unreadable steps after it out of

@@ -77,6 +77,9 @@ def abstract_train_state(cfg: Config, mesh) -> tuple[TrainState, Any]:
 
     def build():
         model = GPT(cfg.model, nnx.Rngs(cfg.train.seed))
+        if cfg.model.param_dtype != "float32":  # initialised in float32, stored rounded (docs/precision.md)
+            params = nnx.state(model, nnx.Param)
+            nnx.update(model, jax.tree.map(lambda p: p.astype(cfg.model.param_dtype), params))
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
