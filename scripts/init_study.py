@@ -66,6 +66,9 @@ def train_scheme(cfg, batches) -> dict:
     from flax import nnx
 
     from mylm_jax.model.gpt import GPT
+    from mylm_jax.model.layout import to_unrolled
+    from mylm_jax.model.params import path_name
+    from mylm_jax.model.stack import run_layers
     from mylm_jax.optim.build import build_optimizer, param_assignments
     from mylm_jax.train.loss import cross_entropy_sum
 
@@ -76,22 +79,31 @@ def train_scheme(cfg, batches) -> dict:
     rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x)))  # noqa: E731
 
     def loss_fn(model, batch):
-        """GPT.__call__ unrolled, to read the residual stream after every block."""
+        """GPT.__call__, reading the residual stream's RMS after every block (either layout)."""
         B, T = batch["inputs"].shape
         x = model._embed(batch["inputs"], batch["positions"])
-        acts = []
-        for block in model.blocks:
+
+        def layer(block, x):
             x, _ = block(x, B, T, batch["positions"], batch["segment_ids"])
-            acts.append(rms(x))
+            return x, rms(x)
+
+        x, acts = run_layers(model.cfg, model, x, layer)
         loss_sum, count = cross_entropy_sum(model._logits(x, B, T), batch["targets"], batch["loss_mask"])
         return loss_sum / jnp.maximum(count, 1.0), jnp.stack(acts)
+
+    def layer_grad_rms(grads):
+        """Per layer, the RMS of all its parameters' gradients (names in the unrolled layout)."""
+        flat = to_unrolled({path_name(p): g for p, g in
+                            jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(grads))[0]}, cfg.model)
+        per_layer = [[g.ravel() for name, g in sorted(flat.items()) if name.startswith(f"blocks.{i}.")]
+                     for i in range(L)]
+        return jnp.stack([rms(jnp.concatenate(gs)) for gs in per_layer])
 
     @nnx.jit
     def step(model, optimizer, batch):
         (loss, acts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
-        layer_grads = [jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads["blocks"][i])]) for i in range(L)]
         optimizer.update(model, grads)
-        return loss, acts, jnp.stack([rms(g) for g in layer_grads])
+        return loss, acts, layer_grad_rms(grads)
 
     losses, acts, grads = [], [], []
     for i in range(len(batches["inputs"])):

@@ -81,3 +81,24 @@ def test_queries_and_keys_shapes_and_a_bad_layer():
     assert q.shape == (1, T, cfg.n_heads, cfg.head_dim) and k.shape == (1, T, cfg.kv_heads, cfg.head_dim)
     with pytest.raises(ValueError, match="out of range"):
         attention_weights(model, tokens(cfg), cfg.n_layers)
+
+
+@pytest.mark.parametrize("name", ["modern", "moe_swiglu_shared"])
+def test_a_scanned_model_gives_the_unrolled_models_weights(name):
+    """model.scan_layers: the same weights stacked (model/layout.py) give the same attention
+    of every layer (a block read out of its segment's stacked arrays: stack.layer_block)."""
+    import dataclasses
+
+    from mylm_jax.model.layout import to_scanned
+    from mylm_jax.model.params import flat_params, load_flat_params
+
+    unrolled = build(name)
+    cfg = dataclasses.replace(unrolled.cfg, scan_layers=True)
+    scanned = nnx.eval_shape(lambda: GPT(cfg, nnx.Rngs(0)))
+    load_flat_params(scanned, to_scanned(flat_params(unrolled), cfg))
+    ids = tokens(cfg)
+    for layer in range(cfg.n_layers):
+        np.testing.assert_allclose(attention_weights(scanned, ids, layer), attention_weights(unrolled, ids, layer),
+                                   rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(residual_stream(scanned, ids, cfg.n_layers),
+                               residual_stream(unrolled, ids, cfg.n_layers), rtol=1e-5, atol=1e-6)

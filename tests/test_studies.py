@@ -132,6 +132,15 @@ def test_init_study(tmp_path):
     assert zero[0] == pytest.approx(zero[1])  # every block starts as the identity
     assert_figures([tmp_path / "out" / "weight_initialization_comparison.png"])
 
+    # The same study on a scanned stack (model.scan_layers): the same per-layer profiles.
+    (tmp_path / "scanned").mkdir()
+    scanned = run_script("init_study.py", ["--schemes", "gpt2_scaled", "--steps", "3", "--probe-steps", "2",
+                                           *TINY, "model.scan_layers=true"], tmp_path / "scanned")
+    assert scanned.returncode == 0, scanned.stderr
+    s = json.loads((tmp_path / "scanned" / "out" / "results.json").read_text())["schemes"]["gpt2_scaled"]
+    for key in ("losses", "act_rms_step1", "grad_rms_probe"):
+        assert s[key] == pytest.approx(r["schemes"]["gpt2_scaled"][key], rel=1e-4), key
+
 
 def test_search_resumes_and_writes_results(data_path, tmp_path):
     pytest.importorskip("optuna")

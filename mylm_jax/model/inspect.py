@@ -28,6 +28,7 @@ from flax import nnx
 
 from mylm_jax.model.attention import NEG_INF, attention_mask
 from mylm_jax.model.layers import fused_dense, rope
+from mylm_jax.model.stack import layer_block
 
 
 def residual_stream(model, tokens_T, layer: int) -> jax.Array:
@@ -38,8 +39,8 @@ def residual_stream(model, tokens_T, layer: int) -> jax.Array:
     x_ND = model.embed[...][tokens_BT.reshape(-1)]
     if model.cfg.position == "learned":
         x_ND = x_ND + model.pos_embed[...][positions_BT.reshape(-1)]
-    for block in list(model.blocks)[:layer]:
-        x_ND, _ = block(x_ND, B, T, positions_BT, None)
+    for i in range(layer):  # either layout (model.scan_layers): block i's weights
+        x_ND, _ = layer_block(model, i)(x_ND, B, T, positions_BT, None)
     return x_ND
 
 
@@ -70,7 +71,7 @@ def attention_weights(model, tokens, layer: int) -> jax.Array:
 @partial(nnx.jit, static_argnums=2)
 def jitted_attention_weights(model, tokens_T, layer: int) -> jax.Array:
     cfg = model.cfg
-    block = model.blocks[layer]
+    block = layer_block(model, layer)
     x_ND = residual_stream(model, tokens_T, layer)
     T = x_ND.shape[0]
     q_BTHd, k_BTKd = queries_keys(block.attn, block.attn_norm(x_ND), T)

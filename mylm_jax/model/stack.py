@@ -57,6 +57,21 @@ def build_stack(cfg: ModelConfig, make_block: Callable[[int], nnx.Module]) -> nn
                                for j in range(seg.period)]) for seg in segments(cfg)])
 
 
+def layer_block(model: nnx.Module, layer: int) -> nnx.Module:
+    """Block `layer` of a GPT in either layout: the unrolled module itself, or for a scanned
+    stack a module holding row r of its segment's stacked arrays (a copy: for reading,
+    e.g. mylm_jax/model/inspect.py; training updates go through the stack)."""
+    cfg = model.cfg
+    if not cfg.scan_layers:
+        return model.blocks[layer]
+    for seg, group in zip(segments(cfg), model.stack):
+        r, j = divmod(layer - seg.start, seg.period)
+        if 0 <= r < seg.repeats:
+            graphdef, state = nnx.split(group[j])
+            return nnx.merge(graphdef, jax.tree.map(lambda a: a[r], state))
+    raise IndexError(f"layer {layer} out of range: the model has {cfg.n_layers} layers")
+
+
 def _remat(cfg: ModelConfig, fn: LayerFn, scanned: bool) -> LayerFn:
     if cfg.remat == "none":
         return fn

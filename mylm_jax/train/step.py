@@ -15,8 +15,10 @@ Clipping, the schedules and the AdamW / Muon updates happen in the optimizer
 metrics under their own names (a term `t` as `t_loss`), averaged over the microbatches:
 the step never names them.
 
-Mixed precision: parameters and optimizer state stay float32; the model computes in
-`model.dtype` (bfloat16 matmul inputs, float32 accumulation and softmax/loss).
+Mixed precision: by default parameters and optimizer state stay float32 and the model
+computes in `model.dtype` (bfloat16 matmul inputs, float32 accumulation and softmax/loss).
+`model.param_dtype` and `optim.moment_dtype` may store them in bfloat16 instead, and
+`model.fp8` runs the Dense matmuls in float8 (docs/precision.md); the step is the same.
 
 Non-finite loss or gradient: the update is not applied (the state passes through
 unchanged) and `finite` is 0 in the metrics; the loop then halts or goes on
