@@ -93,6 +93,11 @@ def plan(environ: dict, jemalloc: str | None, glibc: tuple[int, int] | None, thp
     return "system", {APPLIED: "system"}, hint
 
 
+# The `mylm` commands that run compiled steps: they restart under the faster allocator
+# (and switch on the persistent compilation cache: mylm_jax/cli/__init__.py).
+STEP_COMMANDS = frozenset({"quickstart", "pretrain", "sft", "search", "generate", "chat", "eval", "serve"})
+
+
 def reexec_with_fast_allocator() -> None:
     """Re-execute this process under the allocator `plan` picks (once).
 

@@ -70,13 +70,31 @@ def _reexecuted_environment(extra: dict) -> dict:
     return {"applied": applied, "tunables": tunables, "same_pid": int(pid) == proc.pid}
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or (allocator.glibc_version() or (0, 0)) < (2, 35)
-                    or allocator.thp_mode() not in ("always", "madvise"), reason="needs glibc >= 2.35 and THP")
+needs_thp = pytest.mark.skipif(not sys.platform.startswith("linux") or (allocator.glibc_version() or (0, 0)) < (2, 35)
+                               or allocator.thp_mode() not in ("always", "madvise"), reason="needs glibc >= 2.35 and THP")
+
+
+@needs_thp
 def test_the_process_restarts_once_under_the_chosen_allocator():
     """Same PID (exec, not a child), the marker set, the tunable there; `system` leaves it alone."""
     seen = _reexecuted_environment({CHOICE: "thp"})
     assert seen == {"applied": "thp", "tunables": THP_TUNABLE, "same_pid": True}
     assert _reexecuted_environment({CHOICE: "system"})["applied"] == "None"
+
+
+@needs_thp
+@pytest.mark.parametrize("command, restarts", [("pretrain", True), ("tokenizer", False)])
+def test_the_console_script_restarts_before_importing_the_commands(command, restarts):
+    """mylm_jax.launch (the `mylm` script): a step command restarts before mylm_jax.cli and
+    its groups are imported (the first process stays short); other commands never restart."""
+    code = ("import os, sys; sys.argv = ['mylm', %r, '--help']; "
+            "os.execve = lambda *a: (print('restart', 'mylm_jax.cli' in sys.modules), sys.exit(0)); "
+            "from mylm_jax import launch; launch.main()" % command)
+    env = {k: v for k, v in os.environ.items() if k not in (CHOICE, APPLIED)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**env, "PYTHONPATH": str(ROOT), CHOICE: "thp"})
+    assert result.returncode == 0, result.stderr
+    assert ("restart False" in result.stdout) == restarts and "restart True" not in result.stdout
 
 
 def test_a_second_run_loads_its_compiled_programs_and_trains_the_same(data_path, tmp_path):

@@ -49,7 +49,8 @@ TEST_PACKAGES = ("tests", "parity_tests")              # code must never import 
 # below it, never above. `mylm_jax` itself (the root __init__) imports nothing. A part that
 # does not exist (yet) matches nothing; a module that matches no part fails the test.
 LAYERS = (
-    ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.allocator"),  # 0 no jax
+    ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.allocator",
+     "mylm_jax.startup"),                                                     # 0 no jax
     ("mylm_jax.tokenizer",),                                                  # 1 no jax
     ("mylm_jax.data",),                                                       # 2
     ("mylm_jax.model", "mylm_jax.parallel"),                                  # 3
@@ -57,9 +58,10 @@ LAYERS = (
     ("mylm_jax.train",),                                                      # 5
     ("mylm_jax.studies", "mylm_jax.api", "mylm_jax.interop", "mylm_jax.serve",
      "mylm_jax.quickstart"),                                                  # 6
-    ("mylm_jax.cli",),                                                        # 7 the `mylm` command
+    ("mylm_jax.cli", "mylm_jax.launch"),                                      # 7 the `mylm` command
 )
-JAX_FREE_PARTS = ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.allocator", "mylm_jax.tokenizer")
+JAX_FREE_PARTS = ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.allocator", "mylm_jax.startup",
+                  "mylm_jax.tokenizer")
 JAX_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax", "grain")
 TWIN_MAY_IMPORT = JAX_FREE_PARTS  # the twin shares the config schema (and tokenizer), nothing else
 

@@ -23,19 +23,21 @@ as it ends other Unix tools (exit 141, the shell's code for SIGPIPE).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
-from mylm_jax import allocator
+from mylm_jax import allocator, startup
 from mylm_jax.cli import data, generate, model, quickstart, studies, tokenizer, train
 from mylm_jax.cli import evaluate, interop, serve
 from mylm_jax.cli.common import USER_ERRORS
 
 GROUPS = (quickstart, model, tokenizer, data, train, generate, studies, evaluate, interop, serve)
-# The commands that run compiled steps: they start under the faster allocator (a re-exec,
-# mylm_jax/allocator.py; training says when a better one could be installed) and with the
-# persistent compilation cache (mylm_jax/train/compile_cache.py).
-STEP_COMMANDS = {"quickstart", "pretrain", "sft", "search", "generate", "chat", "eval", "serve"}
+# The commands that run compiled steps (allocator.STEP_COMMANDS) start under the faster
+# allocator (a re-exec, mylm_jax/allocator.py, done by the console script before this
+# module is imported: mylm_jax/launch.py; training says when a better one could be
+# installed) and with the persistent compilation cache (mylm_jax/train/compile_cache.py).
+# The training commands also start without cyclic garbage collection (mylm_jax/startup.py).
 
 
 def build_parser(owner: dict | None = None) -> argparse.ArgumentParser:
@@ -55,12 +57,17 @@ def build_parser(owner: dict | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     owner: dict = {}
     args = build_parser(owner).parse_args(argv)
-    if args.command in STEP_COMMANDS and argv is None:
+    if args.command in allocator.STEP_COMMANDS and argv is None:
         # A real command line, not a call from Python (tests, notebooks): the process is ours
         # to restart and its jax settings ours to choose.
         allocator.reexec_with_fast_allocator()
         from mylm_jax.train import compile_cache
         compile_cache.enable()
+        if args.command in startup.TRAINING_COMMANDS:
+            startup.pause_gc()  # until the trainer's first steps have run (startup.py); done
+            # already by the console script (launch.py), here for `python -m mylm_jax.cli`
+        with startup.without(*startup.FLAX_PROBES):  # a command line is no notebook (startup.py)
+            importlib.import_module("flax.nnx")
     try:
         owner[args.command].run(args)
         sys.stdout.flush()  # a closed pipe shows up here at the latest, while we still catch it

@@ -41,6 +41,7 @@ from mylm_jax.data.sources import DataSource, ShardsSource, tokenizer_identity
 from mylm_jax.fileio import atomic_write
 from mylm_jax.model.accounting import flops_per_token
 from mylm_jax.parallel import batch_divisor, initialize_distributed, make_mesh, shard_batch
+from mylm_jax.startup import resume_gc
 from mylm_jax.train.faults import KILL_AT_STEP, kill_if_asked
 from mylm_jax.train.metrics import EMA, MetricsLog, peak_flops_per_device
 from mylm_jax.train.progress import make_progress
@@ -284,7 +285,9 @@ class Trainer:
         stop.install()
         self._start_progress()
         pending = None  # (first step, steps, metrics) of a call dispatched but not yet read back
-        halted = np.bool_(False)  # on the device after the first call (make_train_steps)
+        # Carried on the device from call to call (make_train_steps). Placed as the calls return
+        # it (replicated on the mesh): a host bool would make the second call trace again.
+        halted = jax.device_put(np.bool_(False), jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
         try:
             if t.eval_at_start and self.data.has_val and step == 0:
                 self._evaluate_and_log(0)
@@ -294,6 +297,7 @@ class Trainer:
                 self.ts.state, metrics, halted = self.train_steps(self.ts.state, batch, active, halted)
                 if pending is not None:
                     self._record_call(*pending)
+                    resume_gc()  # start-up is over (the `mylm` command paused it: startup.py)
                 pending, step = (step + 1, n, metrics), step + n
                 evaluating = self.data.has_val and t.eval_every and (step % t.eval_every == 0 or step == t.steps)
                 saving = (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps

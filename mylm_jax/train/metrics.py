@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from mylm_jax.fileio import atomic_write
+from mylm_jax.startup import TENSORBOARDX_PROBES, without
 
 PEAK_TFLOPS = {  # dense bf16 per chip, by device_kind prefix
     "NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0, "NVIDIA L4": 121.0,
@@ -99,20 +99,11 @@ def drop_records_after(path: Path, step: int) -> int:
 
 
 def _summary_writer_class():
-    """tensorboardX's SummaryWriter, imported without torch.
-
-    tensorboardX imports torch when it is installed (to accept torch tensors), which costs
-    1-2 s of every run's start. The log writes plain floats, so the import runs with torch
-    marked absent (None in sys.modules makes `import torch` raise ImportError, which
-    tensorboardX handles); the mark is removed at once, so a later `import torch` works."""
-    if "torch" in sys.modules:  # already imported (e.g. by the twin): nothing to save
+    """tensorboardX's SummaryWriter, imported without torch and boto3: it imports them when
+    they are installed (torch costs 1-2 s of every run's start), and the log writes plain
+    floats to a local folder (mylm_jax/startup.py)."""
+    with without(*TENSORBOARDX_PROBES):
         from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        del sys.modules["torch"]
     return SummaryWriter
 
 
