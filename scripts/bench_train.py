@@ -180,7 +180,7 @@ def prepare_nanogpt_data(text: str, peer: Path, work: Path) -> Path:
 
 def prepare_mylm_data(corpus: Path, work: Path) -> Path:
     tok, data = work / "mylm" / "tokenizer.json", work / "mylm" / "data"
-    mylm = [sys.executable, "-m", "mylm_jax.cli"]
+    mylm = [sys.executable, "-m", "mylm_jax"]
     steps = [mylm + ["tokenizer", "train", str(corpus), "--vocab-size", str(VOCAB), "--out", str(tok), "--quiet"],
              # --clean: the text as it is (no strip), as nanoGPT reads it
              mylm + ["data", "prepare", str(corpus), "--tokenizer", str(tok), "--out", str(data), "--split", "tail",
@@ -234,7 +234,7 @@ def run_mylm(config: str, data: Path, work: Path, iters: int, timeout: float, al
     sched = schedule(iters)
     name = "mylm " + Path(config).stem
     out = work / "mylm" / Path(config).stem
-    cmd = [sys.executable, "-m", "mylm_jax.cli", "pretrain", "--config", str(ROOT / config), "--overwrite",
+    cmd = [sys.executable, "-m", "mylm_jax", "pretrain", "--config", str(ROOT / config), "--overwrite",
            f"data.path={data}", f"train.out_dir={out}", f"train.steps={iters}",
            f"train.eval_every={sched['eval_interval']}", f"optim.warmup_steps={sched['warmup_iters']}"]
     cache = work / "mylm" / f"{Path(config).stem}.xla_cache"

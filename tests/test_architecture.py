@@ -58,7 +58,7 @@ LAYERS = (
     ("mylm_jax.train",),                                                      # 5
     ("mylm_jax.studies", "mylm_jax.api", "mylm_jax.interop", "mylm_jax.serve",
      "mylm_jax.quickstart"),                                                  # 6
-    ("mylm_jax.cli", "mylm_jax.launch"),                                      # 7 the `mylm` command
+    ("mylm_jax.cli", "mylm_jax.launch", "mylm_jax.__main__"),                 # 7 the `mylm` command
 )
 JAX_FREE_PARTS = ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.allocator", "mylm_jax.startup",
                   "mylm_jax.tokenizer")
