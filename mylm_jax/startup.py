@@ -18,10 +18,11 @@ Garbage collection. Starting a run allocates millions of objects that live as lo
 process (modules, jax's traced and lowered programs, the NNX graph), and Python's cyclic
 collector, triggered by allocation counts, walks them again and again: ~0.5 s of a ~5 s
 start (measured with the collector off). `pause_gc()` switches it off when a training
-command starts (launch.py, the `mylm` script, before anything else is imported); the trainer calls `resume_gc()` once its first call of
-steps has run (train/loop.py): what is alive then is frozen (gc.freeze: never scanned
-again; the short-lived objects of start-up were freed by their reference counts) and the
-collector is on again for the rest of the run.
+command starts (launch.py, the `mylm` script, before anything else is imported); the
+trainer calls `resume_gc()` when it reads back its first call of steps (train/loop.py):
+what is alive then is frozen (gc.freeze: never scanned again; the short-lived objects of
+start-up were freed by their reference counts) and the collector is on again for the
+rest of the run.
 
 This module imports only the standard library.
 """

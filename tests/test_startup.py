@@ -31,16 +31,19 @@ def test_tensorboard_log_imports_neither_torch_nor_boto3():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
-def test_a_run_pauses_the_collector_until_its_first_steps_and_traces_its_step_once(data_path, tmp_path):
+@pytest.mark.parametrize("eval_every", [4, 2])  # 2: every call ends at an evaluation
+def test_a_run_pauses_the_collector_until_its_first_steps_and_traces_its_step_once(data_path, tmp_path,
+                                                                                  eval_every):
     """What `mylm pretrain` does: the collector off from the start (launch.py) and on again
-    once the first call of steps has run; every call of a run reuses one traced program
-    (the `halted` flag goes in as it comes out, so no call traces again)."""
+    once the first call of steps has run, whichever way the loop reads it back; every call
+    of a run reuses one traced program (the `halted` flag goes in as it comes out, so no
+    call traces again)."""
     from mylm_jax.config import config_from_dict
     from mylm_jax.data.sources import ShardsSource
     from mylm_jax.train.loop import Trainer
 
     cfg = config_from_dict(tiny_config(data_path, tmp_path / "run", train=dict(
-        steps=8, steps_per_call=2, eval_every=4, checkpoint_every=0)))
+        steps=8, steps_per_call=2, eval_every=eval_every, checkpoint_every=0)))
     assert gc.isenabled()
     startup.pause_gc()
     try:

@@ -214,6 +214,7 @@ class Trainer:
         """Read back one dispatched call's metrics ([K] per field) and record its first n steps,
         each with an equal share of the call's time."""
         m = jax.device_get(metrics)
+        resume_gc()  # a call of steps has run: start-up is over (the `mylm` command paused it: startup.py)
         now = time.perf_counter()
         step_time, self.last_time = (now - self.last_time) / n, now
         for i in range(n):
@@ -297,7 +298,6 @@ class Trainer:
                 self.ts.state, metrics, halted = self.train_steps(self.ts.state, batch, active, halted)
                 if pending is not None:
                     self._record_call(*pending)
-                    resume_gc()  # start-up is over (the `mylm` command paused it: startup.py)
                 pending, step = (step + 1, n, metrics), step + n
                 evaluating = self.data.has_val and t.eval_every and (step % t.eval_every == 0 or step == t.steps)
                 saving = (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps
