@@ -170,6 +170,15 @@ class PackedRows:
         return row
 
 
+# How far grain's threads read ahead. Its defaults (16 threads, 500 batches, chosen for
+# remote storage) made every fresh iterator compute hundreds of batches in Python threads
+# that fight the step's own thread and XLA for the GIL and the cores: the evaluation's
+# loader, new at every evaluation, read its whole split ahead (an evaluation of 20 batches
+# took 0.49-0.61 s instead of 0.31-0.39). Shards are memory-mapped: two threads a few calls
+# of steps ahead keep the device fed. Which batches come out, in which order, is unchanged.
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
+
+
 def _stack(rows):
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -198,7 +207,7 @@ class EpochLoader:
         return rows.batch(c.rows_per_process, drop_remainder=True, batch_fn=_stack)
 
     def _start(self, state=None):
-        ds = self.dataset(self.epoch).to_iter_dataset()
+        ds = self.dataset(self.epoch).to_iter_dataset(READ_OPTIONS)
         if self.cfg.workers > 0:
             from absl import flags
             flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags
