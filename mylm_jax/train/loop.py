@@ -46,6 +46,7 @@ from mylm_jax.train.faults import KILL_AT_STEP, kill_if_asked
 from mylm_jax.train.metrics import EMA, MetricsLog, peak_flops_per_device
 from mylm_jax.train.progress import make_progress
 from mylm_jax.train.run_dir import RunDir
+from mylm_jax.train.score import byte_lengths
 from mylm_jax.train.signals import StopFlag
 from mylm_jax.train.state import create_state
 from mylm_jax.train.step import k_step_batch, make_eval_step, make_train_steps
@@ -92,9 +93,7 @@ class Trainer:
                               f"{data.identity['vocab_size']} ids")
         self.tokenizer, self.identity, self.byte_len = data.tokenizer, dict(data.identity), None
         if self.tokenizer is not None:
-            specials = set(self.tokenizer.special_tokens.values())
-            self.byte_len = np.array([0 if i in specials else len(self.tokenizer.id_to_bytes(i))
-                                      for i in range(self.tokenizer.vocab_size)])
+            self.byte_len = byte_lengths(self.tokenizer)  # for val_bpb, as `mylm eval` counts bytes
             # The run keeps its own copy (written below, once a resumed checkpoint has accepted
             # it): checkpoints then name a tokenizer that stays with them.
             self.identity = tokenizer_identity(self.tokenizer, str(self.out_dir / "tokenizer.json"))
