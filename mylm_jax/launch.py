@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from mylm_jax import allocator, startup
+from mylm_jax import startup
 
 
 def main() -> int:
-    command = sys.argv[1] if len(sys.argv) > 1 else None
-    if command in allocator.STEP_COMMANDS:
-        allocator.reexec_with_fast_allocator()
-    if command in startup.TRAINING_COMMANDS:
-        startup.pause_gc()  # until the trainer's first steps have run (startup.py)
+    startup.begin(sys.argv[1] if len(sys.argv) > 1 else None)
     from mylm_jax.cli import main as cli_main
 
     return cli_main()

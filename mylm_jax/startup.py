@@ -24,7 +24,7 @@ what is alive then is frozen (gc.freeze: never scanned again; the short-lived ob
 start-up were freed by their reference counts) and the collector is on again for the
 rest of the run.
 
-This module imports only the standard library.
+This module imports only the standard library and mylm_jax.allocator.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import gc
 import sys
 from contextlib import contextmanager
 
+from mylm_jax import allocator
+
 # The commands whose start runs without the cyclic collector (each ends in Trainer.run, which
 # switches it back on; a server or a generation would not).
 TRAINING_COMMANDS = frozenset({"pretrain", "sft", "search"})
@@ -40,6 +42,17 @@ TRAINING_COMMANDS = frozenset({"pretrain", "sft", "search"})
 FLAX_PROBES = ("IPython",)
 # What tensorboardX probes for (train/metrics.py).
 TENSORBOARDX_PROBES = ("torch", "boto3")
+
+
+def begin(command: str | None) -> None:
+    """What a `mylm` command line does before anything else: a step command restarts under
+    the faster allocator (allocator.py), a training command pauses the collector. Called by
+    the console script before the command groups are imported (launch.py), and again by
+    `mylm_jax.cli.main` for `python -m mylm_jax.cli` (a second call changes nothing)."""
+    if command in allocator.STEP_COMMANDS:
+        allocator.reexec_with_fast_allocator()
+    if command in TRAINING_COMMANDS:
+        pause_gc()  # until the trainer's first steps have run
 
 
 @contextmanager

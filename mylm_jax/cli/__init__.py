@@ -60,12 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in allocator.STEP_COMMANDS and argv is None:
         # A real command line, not a call from Python (tests, notebooks): the process is ours
         # to restart and its jax settings ours to choose.
-        allocator.reexec_with_fast_allocator()
+        startup.begin(args.command)  # done already by the `mylm` script (launch.py)
         from mylm_jax.train import compile_cache
         compile_cache.enable()
-        if args.command in startup.TRAINING_COMMANDS:
-            startup.pause_gc()  # until the trainer's first steps have run (startup.py); done
-            # already by the console script (launch.py), here for `python -m mylm_jax.cli`
         with startup.without(*startup.FLAX_PROBES):  # a command line is no notebook (startup.py)
             importlib.import_module("flax.nnx")
     try:
