@@ -113,7 +113,7 @@ def test_special_token_strings_stay_plain_text(tokenizer_path):
 
 
 def test_the_encoder_choice(tmp_path, tokenizer_path):
-    assert resolve_encoder("auto") == "hf" and resolve_encoder("python") == "python"
+    assert resolve_encoder("auto") == "python" and resolve_encoder("hf") == "hf"
     with pytest.raises(DataError, match="encoder must be one of"):
         PrepareSettings(inputs=("x",), out_dir="o", tokenizer="t", encoder="rust")
     # The encoder changes no id: switching it finds the dataset up to date.

@@ -82,6 +82,15 @@ def test_han_clauses_are_cut_into_pieces(mixed):
     assert sum(map(len, pieces)) > 2 * len(clauses)  # mostly single characters
 
 
+def test_the_cutter_is_built_at_the_first_non_ascii_chunk(mixed):
+    # Its index of every split takes ~1 s for a large vocabulary: a load must not pay it,
+    # nor ASCII text (whose chunks go whole), and the ids are the reference's either way.
+    tok = fresh(mixed)
+    text = "".join(line for line in english_text().splitlines(keepends=True)[:500] if line.isascii())
+    assert tok.encode(text) == reference_encode(tok, text) and tok._chunks._cutter is None
+    assert tok.encode(SAMPLES[1]) == reference_encode(tok, SAMPLES[1]) and tok._chunks._cutter is not None
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=MIXED_TEXT)
 def test_any_unicode_encodes_as_reference(mixed, text):

@@ -1,6 +1,5 @@
 """Encoding documents with Hugging Face `tokenizers` doing the merges: `mylm data prepare
---encoder hf` (the default when the package is installed; `--encoder python` is the
-reference, `Tokenizer.encode`).
+--encoder hf` (`--encoder python`, `Tokenizer.encode`, is the reference and the default).
 
 The ids are the pure path's, `tokenizer.encode(text)` with no special token recognised,
 by construction; per batch of documents:
@@ -22,19 +21,27 @@ Why not hand HF whole documents: on the 2-core development machine, HF's `encode
 on whole documents ran at 0.7-1.4 MB/s, slower than the pure path: its regex split is
 slow on long strings and every token of an `Encoding` carries bookkeeping (offsets,
 token strings), while most chunks of a text repeat and come from a cache for free.
+
+Why it is not the default (`auto` = python): with the cache and the cutting, little BPE is
+left for HF to do, and the pure path's single pass over the chunks is cheaper than this
+path's two (new chunks first, then the ids). Measured on 2 cores (2026-12-01, docs/data.md),
+the pure path was faster in one process on every corpus (English, Chinese, 30 MB of Python
+source; vocabularies of 4,096 and 50,000), and the two were even in two processes. This
+path stays as a proven-equal alternative, for corpora where rare long chunks make BPE
+the bottleneck.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from itertools import chain
 
 import numpy as np
 
 from mylm_jax.data.errors import DataError
 from mylm_jax.tokenizer.hf_export import to_hf_json
 from mylm_jax.tokenizer.patterns import make_splitter
-from mylm_jax.tokenizer.pieces import ChunkCutter
 
 ENCODERS = ("auto", "hf", "python")
 CACHE_LIMIT = 1_000_000  # chunks; cleared when full, bounding the memory (as encode.py's cache)
@@ -46,11 +53,11 @@ def hf_available() -> bool:
 
 
 def resolve_encoder(name: str) -> str:
-    """'auto' -> 'hf' when `tokenizers` is importable, else 'python'; checks the name."""
+    """'auto' -> 'python' (the faster: see the module docstring); checks the name."""
     if name not in ENCODERS:
         raise DataError(f"encoder must be one of {', '.join(ENCODERS)}, got {name!r}")
     if name == "auto":
-        return "hf" if hf_available() else "python"
+        return "python"
     if name == "hf" and not hf_available():
         raise DataError("--encoder hf needs the `tokenizers` package (pip install tokenizers, "
                         "or the dev extra); --encoder python needs nothing")
@@ -58,7 +65,7 @@ def resolve_encoder(name: str) -> str:
 
 
 class HFEncoder:
-    """Documents -> token ids (no EOS), equal to `tokenizer.encode(text)` for each."""
+    """Documents -> token ids, equal to `tokenizer.encode(text)` for each (+ a tail such as EOS)."""
 
     def __init__(self, tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
@@ -70,23 +77,22 @@ class HFEncoder:
         self.hf = HFTokenizer.from_str(json.dumps(spec))
         self.split = make_splitter(tokenizer.pattern)
         self.cache: dict[str, list[int]] = {}
-        self.token_bytes, self.cutter = tokenizer.token_bytes, None
+        self.cut = tokenizer._chunks.cut  # the pure path's cutting (built at first need)
 
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    def encode_batch(self, texts: list[str], tail: list[int] = (), dtype=np.int64) -> list[np.ndarray]:
+        """Each text's ids, + `tail` (e.g. [EOS]), as an array of `dtype`."""
         split, cache = self.split, self.cache
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
         chunked = [split(t) for t in texts]
-        seen: set[str] = set()
-        for chunks in chunked:
-            seen.update(chunks)
-        new = [c for c in seen if c not in cache]  # any order: the cache maps chunk -> ids
+        # (chain/map keep the per-chunk loops in C: most chunks come from the cache, so these
+        # loops, not the merges, are the encoder's work)
+        new = [c for c in set(chain.from_iterable(chunked)) if c not in cache]  # any order
         if new:
             # Like Tokenizer.encode: cut a new chunk where no merge can reach across
             # (tokenizer/pieces.py: exact either way), so a rare chunk (a Chinese clause) is
-            # mostly pieces seen before. Plain ASCII words go whole: cutting them costs more
-            # than it saves.
-            cut = {c: self._cutter().cut(c) if len(c) > 1 and not c.isascii() else [c] for c in new}
+            # mostly pieces seen before.
+            cut = {c: self.cut(c) for c in new}
             self._merge({p for pieces in cut.values() for p in pieces if p not in cache})
             for c, pieces in cut.items():
                 if len(pieces) > 1:
@@ -94,18 +100,12 @@ class HFEncoder:
                     for piece in pieces:
                         ids += cache[piece]
                     cache[c] = ids
-        out = []
+        out, ids_of = [], cache.__getitem__
         for chunks in chunked:
-            ids: list[int] = []
-            for c in chunks:
-                ids += cache[c]
-            out.append(np.asarray(ids, np.int64))
+            ids = list(chain.from_iterable(map(ids_of, chunks)))
+            ids += tail
+            out.append(np.asarray(ids, dtype))
         return out
-
-    def _cutter(self) -> ChunkCutter:
-        if self.cutter is None:  # built at first need (a fraction of a second)
-            self.cutter = ChunkCutter(self.token_bytes)
-        return self.cutter
 
     def _merge(self, new: set[str]) -> None:
         """Cache the ids of `new` strings (chunks or pieces of one), merged by HF."""

@@ -3,12 +3,12 @@
     inputs (files, dirs, globs, URLs)
       -> readers.read_documents      (bad records skipped and counted, or a one-line error)
       -> clean.Cleaner               (normalise, filter, dedup, downsample; counted per step)
-      -> encode                      (in order; + the EOS token if --eos): encoder "hf"
-                                     (hf_encode.py: HF `tokenizers` does the merges) or
-                                     "python" (Tokenizer.encode, the reference); "auto" = hf
-                                     when importable; the same ids. Both run in worker
-                                     processes (--workers; hf stays in this process for an
-                                     input under HF_POOL_MIN_BYTES unless --workers is given)
+      -> encode                      (in order; + the EOS token if --eos): encoder
+                                     "python" (Tokenizer.encode, the reference; "auto") or
+                                     "hf" (hf_encode.py: HF `tokenizers` does the merges);
+                                     the same ids. Both run in worker processes (--workers;
+                                     an input under POOL_MIN_BYTES stays in this process
+                                     unless --workers is given)
       -> train / val split           ("document": each document to val with probability
                                       val_fraction, from a seeded generator; "tail": the last
                                       val_fraction of the token stream, nanoGPT style)
@@ -53,10 +53,11 @@ from mylm_jax.data.shards import (METADATA, TMP_MARK, TOKENIZER_FILE, ShardWrite
 CHUNK_DOCS = 256  # documents per task sent to a worker process
 HF_BATCH_DOCS = 2048  # documents per batch of the hf encoder (its new chunks: one encode_batch)
 HF_POOL_DOCS = 1024  # documents per task of an hf worker process
-# Below this many bytes of input, --encoder hf with the default --workers stays in one
-# process: starting a worker (a fresh interpreter, its imports, the encoder) takes about
-# a second, as long as one process needs for a few MB.
-HF_POOL_MIN_BYTES = 8_000_000
+# Below this many bytes of input, the default --workers stays in one process: starting
+# workers (fresh interpreters, their imports, the tokenizer) costs ~0.3-0.5 s, as long as
+# one process needs for a MB or two; measured on 2 cores, one process and two broke even
+# at ~4 MB of English text (docs/data.md).
+POOL_MIN_BYTES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class PrepareSettings:
     workers: int = 0  # 0: os.cpu_count()
     on_error: OnError = "skip"
     cache_dir: str | None = None
-    encoder: str = "auto"  # "hf" | "python" | "auto" (hf when `tokenizers` is importable): same ids
+    encoder: str = "auto"  # "python" | "hf" | "auto" (= python, the faster here: hf_encode.py): same ids
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 1:
@@ -87,22 +88,26 @@ class PrepareSettings:
             raise DataError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
 
 
-_worker_encode = None  # this process's encoder: texts -> their ids, set by _init_worker
+_worker_encode = None  # this process's encoder: texts -> their documents, set by _init_worker
 
 
-def _init_worker(tokenizer, encoder: str, in_pool: bool = False) -> None:
+def _init_worker(tokenizer, encoder: str, in_pool: bool = False, eos: bool = False) -> None:
     """Each worker gets the tokenizer itself (pickled), not its path: the file could change
-    while the run goes on, and the ids must come from the tokenizer the metadata records."""
+    while the run goes on, and the ids must come from the tokenizer the metadata records.
+    A worker returns each document as it is stored (its ids, + EOS, in the shards' dtype):
+    the parent, which reads, cleans and writes for every worker, only files them."""
     global _worker_encode
+    dtype, tail = token_dtype(tokenizer.vocab_size), [tokenizer.eos_id] if eos else []
     if in_pool:  # Ctrl-C reaches every process of the terminal; the parent stops the pool
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # The processes are the parallelism: one HF thread each (rayon reads this once, at
         # its first use, which is after this line), so they do not compete for the cores.
         os.environ["RAYON_NUM_THREADS"] = "1"
     if encoder == "hf":
-        _worker_encode = HFEncoder(tokenizer).encode_batch
+        hf = HFEncoder(tokenizer)
+        _worker_encode = lambda texts: hf.encode_batch(texts, tail, dtype)  # noqa: E731
     else:
-        _worker_encode = lambda texts: [np.asarray(tokenizer.encode(t), np.int64) for t in texts]  # noqa: E731
+        _worker_encode = lambda texts: [np.asarray(tokenizer.encode(t) + tail, dtype) for t in texts]  # noqa: E731
 
 
 def _encode_chunk(texts: list[str]) -> list[np.ndarray]:
@@ -228,7 +233,7 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
 
     workers = settings.workers or os.cpu_count() or 1
     encoder = resolve_encoder(settings.encoder)
-    if encoder == "hf" and not settings.workers and sum(s["bytes"] for s in sources) < HF_POOL_MIN_BYTES:
+    if not settings.workers and sum(s["bytes"] for s in sources) < POOL_MIN_BYTES:
         workers = 1  # a small input is done before worker processes would have started
     pool = None
     if workers > 1:
@@ -236,7 +241,7 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
         # and the split are the same as in one process. (With hf, one process alone is
         # bound by its Python split and id assembly; HF's own threads only merge the new
         # chunks, so processes, not threads, use the cores.)
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer, encoder, True))
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer, encoder, True, settings.eos))
         size = HF_POOL_DOCS if encoder == "hf" else CHUNK_DOCS
         encoded = _in_order(pool, _chunks(counted(texts), size), 2 * workers)
     else:
@@ -244,7 +249,7 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
             # HF's threads merge the new chunks of each batch (hf_encode.py); --workers sets
             # their number unless the environment already does.
             os.environ.setdefault("RAYON_NUM_THREADS", str(settings.workers))
-        _init_worker(tokenizer, encoder)
+        _init_worker(tokenizer, encoder, eos=settings.eos)
         encoded = map(_encode_chunk, _chunks(counted(texts), HF_BATCH_DOCS if encoder == "hf" else CHUNK_DOCS))
     bar = None
     if progress:
@@ -253,8 +258,6 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
     try:
         for chunk in encoded:
             for ids in chunk:
-                if settings.eos:
-                    ids = np.append(ids, tokenizer.eos_id)
                 split = "val" if "val" in writers and to_val.random() < settings.val_fraction else "train"
                 writers[split].add(ids)
             if bar is not None:

@@ -60,9 +60,22 @@ class ChunkEncoder:
         self.rank_of_pair: dict[int, int] = {}
         for rank, (a, b) in enumerate(merges):
             self.rank_of_pair.setdefault(a << ID_BITS | b, rank)
-        self.merge_ids = merge_ids
+        self.merge_ids, self.token_bytes = merge_ids, token_bytes
         self.cache: dict[str, list[int]] = {}  # chunk or piece -> ids
-        self.cutter = ChunkCutter(token_bytes)
+        self._cutter: ChunkCutter | None = None
+
+    @property
+    def cutter(self) -> ChunkCutter:
+        """Built at first need: its index of every split of every token takes ~1 s for a
+        50k vocabulary, and text whose new chunks are all ASCII never needs it."""
+        if self._cutter is None:
+            self._cutter = ChunkCutter(self.token_bytes)
+        return self._cutter
+
+    def cut(self, chunk: str) -> list[str]:
+        """A new chunk's pieces (pieces.py; exact either way). Plain ASCII words go whole:
+        cutting them costs more than it saves, the BPE on a word being short."""
+        return self.cutter.cut(chunk) if len(chunk) > 1 and not chunk.isascii() else [chunk]
 
     def encode_chunks(self, chunks: list[str], out: list[int]) -> None:
         """Append the ids of every chunk to `out`."""
@@ -80,7 +93,7 @@ class ChunkEncoder:
         cache = self.cache
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
-        pieces = self.cutter.cut(chunk) if len(chunk) > 1 else [chunk]
+        pieces = self.cut(chunk)
         if len(pieces) == 1:
             ids = self.bpe(list(chunk.encode("utf-8")))
         else:
