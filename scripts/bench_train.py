@@ -22,8 +22,8 @@ and all); time to the first step (nanoGPT's `iter 0` line, MyLM's first metrics.
 stamped when it appears; MyLM starts from an empty compilation cache, as on a fresh machine, and
 then once more, stopped after its first step: "2nd run: first step s"); the steady ms/step (the median per-step time of the run's second half,
 evaluation steps left out); tokens/s from it; the val loss at the end; the wall-time ratio
-nanoGPT / MyLM (> 1: MyLM finished sooner). Prints the table, writes it to --out (JSON) and a PNG
-of the val-loss curves against wall-clock seconds beside it.
+nanoGPT / MyLM (> 1: MyLM finished sooner). Prints the table and the goals (GOAL_*: met or not),
+writes them to --out (JSON) and a PNG of the val-loss curves against wall-clock seconds beside it.
 
 Both frameworks use the machine's threads as they choose (no pinning); they never run at once. On a
 shared machine single runs move by several per cent: compare runs of one invocation, not across.
@@ -60,6 +60,11 @@ CONFIGS = ["configs/shakespeare_char_cpu.yaml", "configs/shakespeare_char_cpu_mo
 RECIPE = dict(block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, eval_interval=250, eval_iters=20,
               warmup_iters=100)
 VOCAB = 263  # 256 bytes + the tokenizer's 7 specials: byte level, no merges
+# The goals of this benchmark (issue 13), checked at the end of a run with the peer:
+GOAL_RATIO = 1.43          # nanoGPT's recipe: MyLM's wall time <= 0.7x nanoGPT's ...
+GOAL_VAL_MARGIN = 0.01     # ... at a val loss <= nanoGPT's + 0.01
+GOAL_MODERN_VAL = 1.80     # the modern config: val <= 1.80 within nanoGPT's wall time
+GOAL_SECOND_START_S = 5.0  # a second run's first step within 5 s
 NANO_ITER = re.compile(r"^iter (\d+): loss ([-\d.naif]+), time ([\d.]+)ms")
 NANO_EVAL = re.compile(r"^step (\d+): train loss ([-\d.naif]+), val loss ([-\d.naif]+)")
 
@@ -302,6 +307,36 @@ def table(runs: list[dict]) -> str:
                            "wall nanoGPT / this", "load avg (start -> end)"], rows)
 
 
+def seconds_to(curve: list[dict], val: float) -> float | None:
+    """Wall seconds at the first evaluation with val loss <= `val` (None: never)."""
+    return next((p["wall_s"] for p in curve if p["val_loss"] <= val), None)
+
+
+def goals(runs: list[dict], peer: dict | None) -> list[str]:
+    """One line per goal and MyLM run: the figure, the goal, met or not."""
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+    lines = []
+    for r in runs:
+        if r is peer:
+            continue
+        second = r.get("second_run_first_step_s")
+        lines.append(f"{r['name']}: a second run's first step {_r(second, 1)} s (goal <= {GOAL_SECOND_START_S:g}): "
+                     f"{verdict(second is not None and second <= GOAL_SECOND_START_S)}")
+        if peer is None:
+            continue
+        if "modern" in r["name"]:
+            t = seconds_to(r["val_curve"], GOAL_MODERN_VAL)
+            lines.append(f"{r['name']}: val <= {GOAL_MODERN_VAL} first at {_r(t, 1)} s, nanoGPT's run "
+                         f"{peer['wall_s']:.1f} s: {verdict(t is not None and t <= peer['wall_s'])}")
+        else:
+            ratio, val, limit = r["wall_ratio_nanogpt_over"], r["final_val_loss"], peer["final_val_loss"]
+            ok = ratio >= GOAL_RATIO and val is not None and limit is not None and val <= limit + GOAL_VAL_MARGIN
+            lines.append(f"{r['name']}: wall nanoGPT / this {ratio:.2f} (goal >= {GOAL_RATIO}), val {_r(val, 4)} "
+                         f"(goal <= {_r(limit, 4)} + {GOAL_VAL_MARGIN}): {verdict(ok)}")
+    return lines
+
+
 def _r(x, nd):
     return "-" if x is None else round(x, nd)
 
@@ -359,11 +394,13 @@ def main(argv=None) -> int:
     report = table(runs)
     print()
     print(report)
+    checks = goals(runs, peer_run)
+    print("\ngoals:\n" + "\n".join("  " + line for line in checks))
     result = {"corpus": str(corpus), "corpus_chars": len(text), "iters": args.iters, "peer_ran": run_peer,
               "recipe": {**RECIPE, **schedule(args.iters)}, "conditions_before": cond_before,
               "conditions_after": {"load_avg_1_5_15": list(os.getloadavg())},
               "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-              "runs": runs, "table": report}
+              "runs": runs, "table": report, "goals": checks}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, json.dumps(result, indent=2) + "\n")
     png = out.with_suffix(".png")

@@ -63,6 +63,7 @@ def test_mylm_only(tmp_path, corpus):
     # the same command again from a warm compilation cache, stopped after its first step
     assert 0 < run["second_run_first_step_s"] < run["wall_s"]
     assert "conditions_before" in result and result["conditions_before"]["cpus"] >= 1
+    assert result["goals"] == [line for line in result["goals"] if "second run's first step" in line] != []
 
 
 @pytest.mark.skipif(not (PEER / "train.py").is_file() or importlib.util.find_spec("torch") is None,
@@ -75,3 +76,36 @@ def test_nanogpt_only(tmp_path, corpus):
     assert run["wall_ratio_nanogpt_over"] == pytest.approx(1.0)
     # nanoGPT's data went to the work directory (the peer's tree is left as it is)
     assert (tmp_path / "out" / "work" / "nanogpt" / "data" / "shakespeare_char" / "meta.pkl").is_file()
+
+
+def load_bench_train():
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_goal_lines():
+    bench_train = load_bench_train()
+    peer = {"name": "nanoGPT", "wall_s": 100.0, "final_val_loss": 1.8857}
+
+    def mylm(name, wall, val, second, curve):
+        return {"name": name, "wall_s": wall, "wall_ratio_nanogpt_over": 100.0 / wall, "final_val_loss": val,
+                "second_run_first_step_s": second,
+                "val_curve": [{"wall_s": t, "step": i, "val_loss": v} for i, (t, v) in enumerate(curve)]}
+
+    fast = mylm("mylm shakespeare_char_cpu", 69.0, 1.8950, 4.2, [])
+    slow = mylm("mylm shakespeare_char_cpu", 101.0, 1.8809, 4.2, [])
+    too_high = mylm("mylm shakespeare_char_cpu", 60.0, 1.9000, 4.2, [])  # fast, but val > 1.8857 + 0.01
+    modern = mylm("mylm shakespeare_char_cpu_modern", 150.0, 1.56, 6.0, [(10, 5.6), (80, 1.81), (99, 1.79)])
+    late = mylm("mylm shakespeare_char_cpu_modern", 150.0, 1.56, 4.0, [(10, 5.6), (101, 1.79)])
+    lines = bench_train.goals([peer, fast, slow, too_high, modern, late], peer)
+    assert [line.rsplit(": ", 1)[1] for line in lines] == [
+        "met", "met",          # fast: second start 4.2 s; ratio 1.45, val within 0.01 of nanoGPT's
+        "met", "NOT met",      # slow: ratio 0.99
+        "met", "NOT met",      # too_high: the val
+        "NOT met", "met",      # modern: second start 6 s; val <= 1.80 at 99 s < 100 s
+        "met", "NOT met"]      # late: val <= 1.80 only at 101 s
+    assert "first at 99" in lines[7]
+    # without the peer only the start of a second run is judged
+    assert bench_train.goals([fast], None) == [lines[0]]
