@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0, help="encoding processes (0: one per CPU, one for an input under 4 MB)")
     p.add_argument("--encoder", choices=["auto", "hf", "python"], default="auto",
                    help="who applies the merges: python (the reference), hf (HF tokenizers); the same ids; "
-                        "auto: python, the faster on every corpus measured (docs/data.md)")
+                        "auto: python, the faster in one process (docs/data.md)")
     add_quiet(p)
     c = sub.add_parser("clean", help="read and clean inputs into one JSONL file of {\"text\": ...} records",
                        formatter_class=HelpFormatter)

@@ -25,8 +25,8 @@ token strings), while most chunks of a text repeat and come from a cache for fre
 Why it is not the default (`auto` = python): with the cache and the cutting, little BPE is
 left for HF to do, and the pure path's single pass over the chunks is cheaper than this
 path's two (new chunks first, then the ids). Measured on 2 cores (2026-12-01, docs/data.md),
-the pure path was faster in one process on every corpus (English, Chinese, 30 MB of Python
-source; vocabularies of 4,096 and 50,000), and the two were even in two processes. This
+the pure path was faster in one process on English, Chinese and 30 MB of Python source
+(vocabularies of 4,096 and 50,000), and the two were even in two processes. This
 path stays as a proven-equal alternative, for corpora where rare long chunks make BPE
 the bottleneck.
 """
