@@ -63,7 +63,8 @@ def test_mylm_only(tmp_path, corpus):
     # the same command again from a warm compilation cache, stopped after its first step
     assert 0 < run["second_run_first_step_s"] < run["wall_s"]
     assert "conditions_before" in result and result["conditions_before"]["cpus"] >= 1
-    assert result["goals"] == [line for line in result["goals"] if "second run's first step" in line] != []
+    # without the peer, only the start of a second run is judged
+    assert result["goals"] and all("second run's first step" in line for line in result["goals"])
 
 
 @pytest.mark.skipif(not (PEER / "train.py").is_file() or importlib.util.find_spec("torch") is None,
