@@ -5,14 +5,21 @@ from __future__ import annotations
 import io
 import json
 
+import jax
 import numpy as np
 import pytest
 import yaml
+from flax import nnx
 
 from mylm_jax.cli import main
-from mylm_jax.config import config_from_dict
-from mylm_jax.train.loop import pretrain
-from mylm_jax.train.sft import _grow
+from mylm_jax.config import config_from_dict, load_config
+from mylm_jax.model.params import path_name
+from mylm_jax.parallel import make_mesh
+from mylm_jax.train.loop import Trainer, pretrain
+from mylm_jax.train.run_dir import RunDir
+from mylm_jax.train.score import Scorer
+from mylm_jax.train.sft import _grow, sft_setup
+from mylm_jax.train.state import create_state
 from tests.train_helpers import make_dataset, tiny_config
 
 CONVERSATIONS = [
@@ -52,7 +59,62 @@ def sft_run(base_run, tmp_path_factory):
     return tmp / "sft"
 
 
-def test_sft_trains_from_the_pretrained_weights_with_val_before_and_after(sft_run, capsys):
+def _leaves(state, prefix: str = "") -> dict:
+    """{name: host array} of a state's leaves whose names start with prefix."""
+    return {name: np.asarray(jax.device_get(x)) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+            if (name := path_name(p)).startswith(prefix)}
+
+
+def _initialised(config_path: str):
+    """The SFT config and the state `mylm sft` trains from: created, then its init applied."""
+    cfg, _, init = sft_setup(load_config(config_path))
+    ts = create_state(cfg, make_mesh(cfg.mesh))
+    init(ts)
+    return cfg, ts
+
+
+def test_sft_starts_from_every_pretrained_weight_bit_for_bit(base_run, tmp_path, capsys):
+    _, ts = _initialised(_sft_config(tmp_path, base_run))
+    base_model, _, _ = RunDir.open(base_run).load_model()
+    base = {f"0.{path_name(p)}": np.asarray(x) for p, x in
+            jax.tree_util.tree_flatten_with_path(nnx.state(base_model, nnx.Param))[0]}
+    started = _leaves(ts.state, "0.")
+    assert sorted(started) == sorted(base)
+    for name, value in base.items():
+        np.testing.assert_array_equal(started[name], value, err_msg=name)
+    # The optimizer starts fresh (sft.optimizer: fresh): step 0, zero moments.
+    optimizer = _leaves(ts.state, "1.")
+    assert int(optimizer["1.step"]) == 0
+    assert all(not v.any() for name, v in optimizer.items() if ".mu." in name or ".nu." in name)
+    assert f"initialised from {base_run} step 4: {len(base)} weights" in capsys.readouterr().out
+
+
+def test_sft_optimizer_continue_takes_the_whole_pretrained_state(base_run, tmp_path):
+    _, ts = _initialised(_sft_config(tmp_path, base_run, optimizer="continue"))
+    cfg = RunDir.open(base_run).config()
+    saved, _ = RunDir.open(base_run).restore(None, cfg, make_mesh(cfg.mesh), check=False)
+    started, base = _leaves(ts.state), _leaves(saved.state)
+    assert sorted(started) == sorted(base) and int(base["1.step"]) == 4
+    for name, value in base.items():
+        np.testing.assert_array_equal(started[name], value, err_msg=name)
+
+
+def test_sft_step_0_val_loss_is_the_base_models_loss_on_the_same_rows(sft_run, base_run, tmp_path):
+    records = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    step_0 = next(r["val_loss"] for r in records if r["step"] == 0 and "val_loss" in r)
+    # The rows the SFT run evaluates (its own config, a Trainer of its data), scored by the base model.
+    cfg = load_config(str(sft_run / "config.yaml"), [f"train.out_dir={tmp_path / 'rows'}"])
+    _, data, _ = sft_setup(cfg)
+    rows = list(Trainer(cfg, data).val_batches())
+    base_model, base_cfg, base_tok = RunDir.open(base_run).load_model()
+    scorer = Scorer(base_model, base_cfg, base_tok)
+    loss_sum = sum(float(scorer.batch_losses(b).sum()) for b in rows)
+    count = sum(float(b["loss_mask"].sum()) for b in rows)
+    # Two float32 sums of the same per-token losses, in other orders.
+    assert step_0 == pytest.approx(loss_sum / count, rel=1e-6)
+
+
+def test_sft_logs_val_before_and_after_and_learns(sft_run):
     records = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
     vals = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     assert sorted(vals) == [0, 2, 4] and vals[4] < vals[0]
@@ -95,6 +157,14 @@ def test_missing_chat_tokens_error_or_extend_the_vocabulary(tmp_path):
     assert main(["sft", "--config", _sft_config(tmp_path, base, extend_vocab=True)]) == 0
     meta = json.loads((tmp_path / "sft" / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert meta["config"]["model"]["vocab_size"] == plain.vocab_size + 4  # the 4 chat tokens, new rows
+    # The grown state: the old rows are the base's, bit for bit; the 4 new rows are their mean.
+    _, ts = _initialised(_sft_config(tmp_path, base, extend_vocab=True))
+    base_model, _, _ = RunDir.open(base).load_model()
+    old_rows = np.asarray(base_model.embed[...])
+    embed = _leaves(ts.state, "0.embed")["0.embed"]
+    assert embed.shape == (plain.vocab_size + 4, old_rows.shape[1])
+    np.testing.assert_array_equal(embed[:plain.vocab_size], old_rows)
+    np.testing.assert_array_equal(embed[plain.vocab_size:], np.tile(old_rows.mean(0), (4, 1)))
 
 
 def test_grown_rows_are_the_mean():

@@ -154,19 +154,23 @@ class Trainer:
         self.checkpointer.save(self.ts.step, self.ts.state, self.loader.get_state(), self._meta(), val_loss, wait)
         self.saved_step = self.ts.step
 
-    def evaluate(self) -> dict:
+    def val_batches(self):
+        """The host batches every evaluation reads: the val split's first train.eval_batches
+        batches, the same rows each time."""
         loader = self.data.loader("val", self._loader_config(seed=0))
         # A small val split may hold fewer rows than a training batch: evaluate in smaller batches.
         divisor = batch_divisor(self.mesh)
         batch = min(self.local_batch, loader.rows(0)) // divisor * divisor
         if batch == 0:
-            return {}
+            return
         if batch < self.local_batch:
             loader = self.data.loader("val", self._loader_config(seed=0, batch=batch))
-        n = min(self.cfg.train.eval_batches, len(loader.dataset(0)))
+        for _ in range(min(self.cfg.train.eval_batches, len(loader.dataset(0)))):
+            yield next(loader)
+
+    def evaluate(self) -> dict:
         loss_sum = count = n_bytes = 0.0
-        for _ in range(n):
-            batch = next(loader)
+        for batch in self.val_batches():
             s, c = jax.device_get(self.eval_step(self.ts.state, shard_batch(batch, self.mesh)))
             loss_sum, count = loss_sum + float(s), count + float(c)
             if self.byte_len is not None:

@@ -17,6 +17,7 @@ instead of a random vector whose logit could dominate or vanish.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import numpy as np
@@ -65,25 +66,34 @@ def pretrained_init(base: RunDir, step: int | None, cfg: Config, keep_optimizer:
         if keep_optimizer:
             ts.state = old_state
             return
-        old = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(old_state[0])[0]}
+        # Names of the whole (model, optimizer) state, so "0." (the model half) prefixes both
+        # sides: only the model's weights are taken, the optimizer starts fresh.
+        base_weights = {name: x for p, x in jax.tree_util.tree_flatten_with_path(old_state)[0]
+                        if (name := path_name(p)).startswith("0.")}
+        taken = set()
 
         def take(path, leaf):
             name = path_name(path)
-            if not name.startswith("0.") or name not in old:
+            if not name.startswith("0."):
                 return leaf
-            value = old[name]
+            if name not in base_weights:  # the model config is the base's: every weight has a source
+                raise ConfigError(f"the pretrained run {base.path} has no weight {name[2:]!r} for the SFT model")
+            value = base_weights[name]
             if value.shape != leaf.shape:
-                param = name[2:]
-                value = _grow(np.asarray(jax.device_get(value)), leaf.shape, VOCAB_AXIS[param])
+                value = _grow(np.asarray(jax.device_get(value)), leaf.shape, VOCAB_AXIS[name[2:]])
+            taken.add(name)
             return jax.device_put(value, leaf.sharding)
 
         ts.state = jax.tree_util.tree_map_with_path(take, ts.state)
-        print(f"initialised from {base.path} step {step}" + (" (vocabulary grown)" if grown else ""), flush=True)
+        print(f"initialised from {base.path} step {step}: {len(taken)} weights"
+              + (" (vocabulary grown)" if grown else ""), flush=True)
 
     return init
 
 
-def sft(cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> int:
+def sft_setup(cfg: Config) -> tuple[Config, SFTSource, Callable]:
+    """(the SFT config with the base's model, the SFT data, the init that loads the base's weights):
+    what `mylm sft` hands the Trainer."""
     if not cfg.sft.init_from:
         raise ConfigError("sft.init_from is empty: name the pretraining run directory to fine-tune")
     base = RunDir.open(cfg.sft.init_from)
@@ -100,7 +110,14 @@ def sft(cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool 
     cfg = dataclasses.replace(cfg, model=model)
     try:
         data = SFTSource(cfg, tokenizer)
-        init = pretrained_init(base, asked, cfg, cfg.sft.optimizer == "continue")
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    return cfg, data, pretrained_init(base, asked, cfg, cfg.sft.optimizer == "continue")
+
+
+def sft(cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> int:
+    cfg, data, init = sft_setup(cfg)
+    try:
         return Trainer(cfg, data, resume, init, overwrite=overwrite, quiet=quiet).run()
     except DataError as e:
         raise ConfigError(str(e)) from None
