@@ -18,7 +18,7 @@ from mylm_jax.parallel import make_mesh
 from mylm_jax.train.loop import Trainer, pretrain
 from mylm_jax.train.run_dir import RunDir
 from mylm_jax.train.score import Scorer
-from mylm_jax.train.sft import _grow, sft_setup
+from mylm_jax.train.sft import sft_setup, with_new_rows
 from mylm_jax.train.state import create_state
 from tests.train_helpers import make_dataset, tiny_config
 
@@ -167,11 +167,30 @@ def test_missing_chat_tokens_error_or_extend_the_vocabulary(tmp_path):
     np.testing.assert_array_equal(embed[plain.vocab_size:], np.tile(old_rows.mean(0), (4, 1)))
 
 
-def test_grown_rows_are_the_mean():
-    old = np.arange(12, dtype=np.float32).reshape(4, 3)
-    grown = _grow(old, (6, 3), axis=0)
-    np.testing.assert_array_equal(grown[:4], old)
-    np.testing.assert_array_equal(grown[4:], np.tile(old.mean(0), (2, 1)))
+def test_new_rows_are_the_mean_of_the_base_tokenizers_rows():
+    old = np.arange(15, dtype=np.float32).reshape(5, 3)  # 4 ids of the base tokenizer, 1 padded row
+    grown = with_new_rows(old, 7, trained=4, axis=0)
+    np.testing.assert_array_equal(grown[:4], old[:4])
+    np.testing.assert_array_equal(grown[4:], np.tile(old[:4].mean(0), (3, 1)))
+    head = with_new_rows(old.T, 7, trained=4, axis=1)  # an untied head: columns
+    np.testing.assert_array_equal(head, grown.T)
+
+
+def test_chat_tokens_in_the_padded_rows_start_as_the_mean(tmp_path, capsys):
+    """A padded vocabulary (304 rows for 300 ids) has room for the 4 chat tokens: the
+    vocabulary does not grow, and their rows must still be the mean, not the padding's."""
+    from mylm_jax.tokenizer import train_tokenizer
+    from tests.train_helpers import TEXT
+
+    plain = train_tokenizer([TEXT * 5], vocab_size=300, progress=False, special_tokens=["<|endoftext|>"])
+    base = _pretrain(make_dataset(tmp_path / "plain", tokenizer=plain), tmp_path / "base", steps=2)
+    cfg, ts = _initialised(_sft_config(tmp_path, base, extend_vocab=True))
+    assert cfg.model.vocab_size == 304
+    padded = np.asarray(RunDir.open(base).load_model()[0].embed[...])
+    embed = _leaves(ts.state, "0.embed")["0.embed"]
+    np.testing.assert_array_equal(embed[:300], padded[:300])
+    np.testing.assert_array_equal(embed[300:], np.tile(padded[:300].mean(0), (4, 1)))
+    assert "(4 new token rows, the mean of the others)" in capsys.readouterr().out
 
 
 def test_bad_checkpoint_is_one_line(tmp_path, capsys):

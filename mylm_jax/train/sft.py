@@ -9,8 +9,9 @@ The optimizer starts fresh by default (`sft.optimizer: continue` reuses the pret
 run's moments). The chat template needs the tokenizer's chat tokens (<|system|>,
 <|user|>, <|assistant|>, <|end|>). A tokenizer without them is an error, unless
 `sft.extend_vocab: true`: the missing tokens are appended as new special ids, and the
-embedding (and an untied head) gets new rows initialised to the mean of the trained rows:
-a new token then starts as an "average" token, with the logit scale of the others,
+embedding (and an untied head) gets new rows initialised to the mean of the base
+tokenizer's rows (also when the new ids fit in the model's padded rows, which were never
+trained as targets): a new token then starts as an "average" token, with the logit scale of the others,
 instead of a random vector whose logit could dominate or vanish.
 """
 
@@ -45,16 +46,22 @@ def with_chat_tokens(tokenizer: Tokenizer, extend: bool, where: str) -> Tokenize
     return Tokenizer(tokenizer.merges, [*tokenizer.special_tokens, *missing], tokenizer.pattern)
 
 
-def _grow(old: np.ndarray, new_shape: tuple, axis: int) -> np.ndarray:
-    """Append mean rows (axis 0) or columns (axis 1) up to new_shape."""
-    extra = new_shape[axis] - old.shape[axis]
-    mean = old.mean(axis=axis, keepdims=True)
-    return np.concatenate([old, np.repeat(mean, extra, axis=axis)], axis=axis)
+def with_new_rows(old: np.ndarray, size: int, trained: int, axis: int) -> np.ndarray:
+    """`old` (rows on `axis`) with rows `trained` up to `size` set to the mean of its first
+    `trained` rows: the base tokenizer's ids. The rows past them were the base's padding
+    (never a target, only pushed down), so a new token takes the mean whether the vocabulary
+    grows or the new ids fit in the padding."""
+    rows = np.moveaxis(old, axis, 0)
+    mean = rows[:trained].mean(axis=0)
+    out = np.concatenate([rows[:trained], np.broadcast_to(mean, (size - trained, *mean.shape))])
+    return np.moveaxis(out.astype(old.dtype), 0, axis)
 
 
-def pretrained_init(base: RunDir, step: int | None, cfg: Config, keep_optimizer: bool):
+def pretrained_init(base: RunDir, step: int | None, cfg: Config, keep_optimizer: bool, new_ids: range):
     """A function that loads the pretrained run's weights into a freshly created TrainState.
-    step None: the newest checkpoint that reads whole (RunDir.restore falls back past damaged ones)."""
+    step None: the newest checkpoint that reads whole (RunDir.restore falls back past damaged ones).
+    new_ids: the tokens the SFT tokenizer adds (sft.extend_vocab); their rows become the mean
+    of the base tokenizer's rows (with_new_rows)."""
     old_cfg = dataclasses.replace(base.config(step), mesh=cfg.mesh)
     old, _ = base.restore(step, old_cfg, make_mesh(cfg.mesh), check=False)
     old_state, step = old.state, old.step
@@ -63,30 +70,32 @@ def pretrained_init(base: RunDir, step: int | None, cfg: Config, keep_optimizer:
         raise ConfigError("sft.optimizer=continue cannot be used with a grown vocabulary (the moments' shapes differ)")
 
     def init(ts) -> None:
-        if keep_optimizer:
-            ts.state = old_state
-            return
         # Names of the whole (model, optimizer) state, so "0." (the model half) prefixes both
-        # sides: only the model's weights are taken, the optimizer starts fresh.
-        base_weights = {name: x for p, x in jax.tree_util.tree_flatten_with_path(old_state)[0]
-                        if (name := path_name(p)).startswith("0.")}
+        # sides; sft.optimizer=continue takes the optimizer's half too, else it starts fresh.
+        base_values = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(old_state)[0]}
         taken = set()
 
         def take(path, leaf):
             name = path_name(path)
-            if not name.startswith("0."):
+            if not (keep_optimizer or name.startswith("0.")):
                 return leaf
-            if name not in base_weights:  # the model config is the base's: every weight has a source
-                raise ConfigError(f"the pretrained run {base.path} has no weight {name[2:]!r} for the SFT model")
-            value = base_weights[name]
-            if value.shape != leaf.shape:
-                value = _grow(np.asarray(jax.device_get(value)), leaf.shape, VOCAB_AXIS[name[2:]])
+            if name not in base_values:  # the model config is the base's: every weight has a source
+                if name.startswith("0."):
+                    raise ConfigError(f"the pretrained run {base.path} has no weight {name[2:]!r} for the SFT model")
+                raise ConfigError(f"sft.optimizer=continue: the optimizer state of {base.path} has no {name[2:]!r} "
+                                  "(the optim settings must be the base's; or sft.optimizer=fresh)")
+            value = base_values[name]
+            if name[2:] in VOCAB_AXIS and new_ids:
+                value = with_new_rows(np.asarray(jax.device_get(value)), leaf.shape[VOCAB_AXIS[name[2:]]],
+                                      new_ids.start, VOCAB_AXIS[name[2:]])
             taken.add(name)
             return jax.device_put(value, leaf.sharding)
 
         ts.state = jax.tree_util.tree_map_with_path(take, ts.state)
-        print(f"initialised from {base.path} step {step}: {len(taken)} weights"
-              + (" (vocabulary grown)" if grown else ""), flush=True)
+        weights = sum(name.startswith("0.") for name in taken)
+        print(f"initialised from {base.path} step {step}: {weights} weights"
+              + (" and the optimizer's state" if keep_optimizer else "")
+              + (f" ({len(new_ids)} new token rows, the mean of the others)" if new_ids else ""), flush=True)
 
     return init
 
@@ -101,7 +110,8 @@ def sft_setup(cfg: Config) -> tuple[Config, SFTSource, Callable]:
     step = base.step(asked)
     # The base's tokenizer is checked against its checkpoint (RunDir.tokenizer); the SFT run's
     # own checkpoints record the (possibly extended) one, which a resume checks in turn.
-    tokenizer = with_chat_tokens(base.tokenizer(step), cfg.sft.extend_vocab, cfg.sft.init_from)
+    base_tokenizer = base.tokenizer(step)
+    tokenizer = with_chat_tokens(base_tokenizer, cfg.sft.extend_vocab, cfg.sft.init_from)
     model = base.config(step).model
     model = dataclasses.replace(model, vocab_size=max(model.vocab_size, tokenizer.vocab_size))
     if cfg.data.seq_len > model.max_seq_len:
@@ -112,7 +122,8 @@ def sft_setup(cfg: Config) -> tuple[Config, SFTSource, Callable]:
         data = SFTSource(cfg, tokenizer)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    return cfg, data, pretrained_init(base, asked, cfg, cfg.sft.optimizer == "continue")
+    return cfg, data, pretrained_init(base, asked, cfg, cfg.sft.optimizer == "continue",
+                                               range(base_tokenizer.vocab_size, tokenizer.vocab_size))
 
 
 def sft(cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> int:
