@@ -50,7 +50,7 @@ TEST_PACKAGES = ("tests", "parity_tests")              # code must never import 
 # does not exist (yet) matches nothing; a module that matches no part fails the test.
 LAYERS = (
     ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.allocator",
-     "mylm_jax.startup"),                                                     # 0 no jax
+     "mylm_jax.startup", "mylm_jax.ownership"),                               # 0 no jax
     ("mylm_jax.tokenizer",),                                                  # 1 no jax
     ("mylm_jax.data",),                                                       # 2
     ("mylm_jax.model", "mylm_jax.parallel"),                                  # 3
@@ -61,7 +61,7 @@ LAYERS = (
     ("mylm_jax.cli", "mylm_jax.launch", "mylm_jax.__main__"),                 # 7 the `mylm` command
 )
 JAX_FREE_PARTS = ("mylm_jax.config", "mylm_jax.variants", "mylm_jax.fileio", "mylm_jax.allocator", "mylm_jax.startup",
-                  "mylm_jax.tokenizer")
+                  "mylm_jax.ownership", "mylm_jax.tokenizer")
 JAX_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax", "grain")
 TWIN_MAY_IMPORT = JAX_FREE_PARTS  # the twin shares the config schema (and tokenizer), nothing else
 

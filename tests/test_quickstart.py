@@ -86,11 +86,18 @@ def test_quickstart_trains_prints_next_commands_and_a_rerun_replaces_the_run(cac
     assert (out / "tokenizer.json").is_file() and (out / "data" / "metadata.json").is_file()
 
     # A rerun (here on a corpus of one's own) replaces the run: only its steps, in the logs and checkpoints.
+    # What else is there (an export of the run, notes) is the user's and stays.
+    (out / "notes.txt").write_text("lr 3e-3 was too high")
     own = tmp_path / "own.txt"
     own.write_bytes(corpus_path().read_bytes()[:60_000])
     assert main(["quickstart", "--out", str(out), "--corpus", str(own), *TINY, "train.steps=3",
                  "train.checkpoint_every=3", "train.eval_every=3"]) == 0
-    assert f"corpus: {own}" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"corpus: {own}" in text and "--overwrite" not in text  # no one passed it
+    assert f"a rerun in {out}: replacing the earlier quickstart's tokenizer.json" in text
+    assert "deleted the earlier run's checkpoints (step 5), metrics.jsonl, tb (1 event file)" in text
+    assert "(replacing the earlier quickstart's, made from another corpus)" in text
+    assert (out / "notes.txt").read_text() == "lr 3e-3 was too high"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3"]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 3

@@ -55,6 +55,11 @@ def run_mylm(args: list[str], config: dict | None = None, config_path: Path | No
                           env=full_env, timeout=timeout, cwd=ROOT)
 
 
+def steps_kept(out_dir: Path) -> list[int]:
+    """The committed checkpoint steps of a run directory."""
+    return sorted(int(p.name) for p in (Path(out_dir) / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def losses(out_dir: Path) -> dict[int, float]:
     """step -> training loss from a run's metrics.jsonl (the last record of a step wins)."""
     result = {}

@@ -21,9 +21,10 @@ from pathlib import Path
 from mylm_jax.cli.common import HelpFormatter, add_quiet
 from mylm_jax.data.clean import DEFAULT_SPEC, Cleaner
 from mylm_jax.data.errors import DataError, SkipLog
-from mylm_jax.data.prepare import PrepareSettings, prepare
+from mylm_jax.data.prepare import PrepareSettings, check_out_dir, kept_note, prepare
 from mylm_jax.data.readers import TextSelector, expand_inputs, read_documents
 from mylm_jax.data.shards import TokenShards, dataset_tokenizer, read_metadata
+from mylm_jax.ownership import listing
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
@@ -48,7 +49,9 @@ def add_parser(subparsers) -> None:
                        formatter_class=HelpFormatter)
     add_reading_args(p)
     p.add_argument("--tokenizer", required=True, help="a saved tokenizer (mylm tokenizer train --out)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory: new, empty, or a dataset made here before")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset made from other inputs or settings (kept whole until the new one is done)")
     p.add_argument("--split", choices=["document", "tail"], default="document",
                    help="val: whole documents, or the tail of the token stream")
     p.add_argument("--val-fraction", type=float, default=0.01, help="the share of the data held out for val")
@@ -148,14 +151,20 @@ def run(args) -> None:
             template=_unescape(args.template), txt_split=_unescape(args.txt_split), clean=args.clean,
             seed=args.seed, split=args.split, val_fraction=args.val_fraction, eos=args.eos,
             shard_tokens=args.shard_tokens, workers=args.workers, on_error=args.on_error,
-            cache_dir=args.cache_dir, encoder=args.encoder)
+            cache_dir=args.cache_dir, encoder=args.encoder, overwrite=args.overwrite)
+        earlier = check_out_dir(Path(args.out))
         try:
             meta = prepare(settings, progress=not args.quiet)
         except KeyboardInterrupt:  # prepare() has stopped its workers and removed its files
-            print(f"mylm: interrupted; no dataset written to {args.out} (partial files removed)", file=sys.stderr)
+            print(f"mylm: interrupted; {kept_note(Path(args.out), earlier)} (partial files removed)", file=sys.stderr)
             raise SystemExit(INTERRUPTED) from None
         if meta.get("up_to_date"):
             print(f"{args.out}: up to date (same settings and inputs); nothing to do")
+        if meta.get("replaced"):
+            print(f"replaced the earlier dataset in {args.out} (removed {len(meta['replaced'])} files: "
+                  f"{listing(meta['replaced'])})")
+        if meta.get("kept"):
+            print(f"kept {listing(meta['kept'])} in {args.out} (not made by MyLM)")
         print(format_report(meta))
         copy = meta["tokenizer"]["file"]
         print(f"wrote {args.out}/metadata.json (the dataset carries its tokenizer: {args.out}/{copy})")

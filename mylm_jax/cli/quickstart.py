@@ -5,7 +5,8 @@
 The corpus is the embedded tinyshakespeare (mylm_jax/data/corpora/) unless --corpus names
 another embedded corpus (tang_poems: 5,003 Tang poems, for a Chinese demo) or a file /
 directory / glob; the config is the package's
-quickstart.yaml (= configs/quickstart.yaml). A rerun replaces the previous run in --out.
+quickstart.yaml (= configs/quickstart.yaml). A rerun replaces the previous quickstart's
+tokenizer, data and run in --out, and says so; an --out that holds anything else is refused.
 The work is mylm_jax/quickstart.py's `quickstart`, which the Python API calls too.
 """
 
@@ -17,7 +18,8 @@ from mylm_jax.cli.common import quiet_libraries
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="train a tokenizer and a small GPT on Shakespeare (the first run)")
     p.add_argument("--out", default="runs/quickstart",
-                   help="directory for the tokenizer, shards and run (default: runs/quickstart; a rerun replaces it)")
+                   help="directory for the tokenizer, shards and run: new, empty or an earlier quickstart's, "
+                        "which a rerun replaces (default: runs/quickstart)")
     p.add_argument("--corpus", help="an embedded corpus (tinyshakespeare, the default; tang_poems, Chinese: "
                                     "add model.vocab_size=4096 train.sample_prompt=春) or your own text file, "
                                     "directory or glob (each file one document, val its last 10%%)")

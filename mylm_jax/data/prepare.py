@@ -18,23 +18,32 @@
 The metadata records the tokenizer (its copy beside the shards and its fingerprint), the
 counts, the sources (with sizes), the reader's skip report and the cleaning report. A
 rerun with the same settings and unchanged inputs finds metadata.json and returns at
-once; changed settings rebuild the directory from scratch, removing the files of the
-earlier attempt first, so stale shards never mix with new ones.
+once.
 
-The output directory is checked before any work (a long run must not find out at its
-end that it cannot write). A run that stops early (Ctrl-C, an error with
-on_error="fail", no documents left) removes what it wrote, so the directory never holds
-a half dataset; the worker processes ignore Ctrl-C and are stopped by this process, so
-an interrupt is one KeyboardInterrupt here, not one traceback per worker.
+The dataset is built beside its directory, in `.NAME.tmp-PID` (mylm_jax/ownership.py), and
+swapped in only when complete, so the directory always holds a whole dataset or none:
+a dataset already there that other inputs or settings would replace needs `overwrite`
+(`--overwrite`), and stays whole until the new one is complete; Ctrl-C, an error, a full
+disk or kill -9 midway leave it as it was (a killed run's sibling is removed by the next
+run). `--out` must be new, empty, or a MyLM dataset (marked `.mylm`, or, made before
+markers, with a MyLM metadata.json or holding only a dataset's files); files of the
+user's there are carried into the new dataset, never deleted. Everything is checked
+before any work (a long run must not find out at its end that it cannot write). The
+worker processes ignore Ctrl-C (this process stops them, so an interrupt is one
+KeyboardInterrupt here, not one traceback per worker) and end with this process, even
+when it is killed (`_init_worker`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -47,8 +56,9 @@ from mylm_jax.data.clean import DEFAULT_SPEC, Cleaner
 from mylm_jax.data.errors import DataError, OnError, SkipLog
 from mylm_jax.data.hf_encode import ENCODERS, HFEncoder, resolve_encoder
 from mylm_jax.data.readers import TextSelector, expand_inputs, read_documents
-from mylm_jax.data.shards import (METADATA, TMP_MARK, TOKENIZER_FILE, ShardWriter, read_metadata, token_dtype,
-                                   write_metadata)
+from mylm_jax.data.shards import (METADATA, TOKENIZER_FILE, ShardWriter, is_dataset_file, read_metadata,
+                                   token_dtype, write_metadata)
+from mylm_jax.ownership import build_beside, clear_stale, discard, marked_as, refusal, split_entries, swap_in
 
 CHUNK_DOCS = 256  # documents per task sent to a worker process
 HF_BATCH_DOCS = 2048  # documents per batch of the hf encoder (its new chunks: one encode_batch)
@@ -58,6 +68,9 @@ HF_POOL_DOCS = 1024  # documents per task of an hf worker process
 # one process needs for a MB or two; measured on 2 cores, one process and two broke even
 # at ~4 MB of English text (docs/data.md).
 POOL_MIN_BYTES = 4_000_000
+# Tests only: a worker sleeps this many seconds before each chunk after its first, so that a
+# test can kill `prepare` while its workers are busy (tests/test_data_prepare.py).
+SLOW_CHUNKS = "MYLM_TEST_SLOW_CHUNKS"
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class PrepareSettings:
     on_error: OnError = "skip"
     cache_dir: str | None = None
     encoder: str = "auto"  # "python" | "hf" | "auto" (= python, the faster here: hf_encode.py): same ids
+    overwrite: bool = False  # replace a dataset made from other inputs or settings (not a setting of it)
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 1:
@@ -89,16 +103,41 @@ class PrepareSettings:
 
 
 _worker_encode = None  # this process's encoder: texts -> their documents, set by _init_worker
+_chunks_done = 0
 
 
-def _init_worker(tokenizer, encoder: str, in_pool: bool = False, eos: bool = False) -> None:
+def _end_with_parent(parent: int) -> None:
+    """A worker of a parent that dies (kill -9 included) exits at once instead of encoding the
+    chunks still queued: Linux delivers SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG);
+    elsewhere a thread watches the parent's pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        else:
+            if os.getppid() != parent:  # died before the line above took effect
+                os._exit(1)
+            return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _init_worker(tokenizer, encoder: str, parent: int | None = None, eos: bool = False) -> None:
     """Each worker gets the tokenizer itself (pickled), not its path: the file could change
     while the run goes on, and the ids must come from the tokenizer the metadata records.
     A worker returns each document as it is stored (its ids, + EOS, in the shards' dtype):
-    the parent, which reads, cleans and writes for every worker, only files them."""
+    the parent, which reads, cleans and writes for every worker, only files them.
+    parent: the pid of the process whose pool this worker is in (None: in this process)."""
     global _worker_encode
     dtype, tail = token_dtype(tokenizer.vocab_size), [tokenizer.eos_id] if eos else []
-    if in_pool:  # Ctrl-C reaches every process of the terminal; the parent stops the pool
+    if parent is not None:  # Ctrl-C reaches every process of the terminal; the parent stops the pool
+        _end_with_parent(parent)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # The processes are the parallelism: one HF thread each (rayon reads this once, at
         # its first use, which is after this line), so they do not compete for the cores.
@@ -111,6 +150,10 @@ def _init_worker(tokenizer, encoder: str, in_pool: bool = False, eos: bool = Fal
 
 
 def _encode_chunk(texts: list[str]) -> list[np.ndarray]:
+    global _chunks_done
+    if _chunks_done and (pause := os.environ.get(SLOW_CHUNKS)):
+        time.sleep(float(pause))
+    _chunks_done += 1
     return _worker_encode(texts)
 
 
@@ -143,85 +186,101 @@ def _fingerprint(settings: PrepareSettings, sources: list[dict], tokenizer_id: s
     # Neither where nor how fast (workers, encoder: the same ids) makes another dataset.
     fields = asdict(settings) | {"out_dir": None, "workers": None}
     fields.pop("encoder")
+    fields.pop("overwrite")
     key = json.dumps({"settings": fields,
                       "sources": sources, "tokenizer": tokenizer_id}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _remove_outputs(out_dir: Path) -> None:
-    """The dataset's files and temporary leftovers. Not tokenizer.json: it may be the very
-    file --tokenizer names; it is rewritten (atomically) just before metadata.json."""
-    for p in out_dir.iterdir():
-        if p.name == METADATA or p.name.endswith((".tokens.npy", ".docs.npy")) or TMP_MARK in p.name:
-            p.unlink()
-
-
-def check_out_dir(out_dir: Path) -> bool:
-    """Create `out_dir` if needed and prove it writable, before any work; True if created."""
+def check_out_dir(out_dir: Path) -> dict | None:
+    """Refuse an --out that is not new, empty or a MyLM dataset, before any work; returns the
+    metadata of the complete dataset there (None: none)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir}: exists and is not a directory")
-    created = not out_dir.exists()
-    probe = out_dir / f".probe{TMP_MARK}-{os.getpid()}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
-    return created
+    meta = None
+    if (out_dir / METADATA).is_file():
+        try:
+            meta = read_metadata(out_dir)
+        except DataError:  # a damaged or foreign metadata.json: a dataset only if marked
+            pass
+    _, foreign = split_entries(out_dir, is_dataset_file)
+    if not marked_as(out_dir, "dataset") and meta is None and foreign:
+        raise refusal(foreign[0], "replace the directory that holds",
+                      "--out must be a new or empty directory, or a MyLM dataset")
+    return meta
 
 
-def _discard(out_dir: Path, created: bool) -> None:
-    """Remove the output directory if this run created it and it is (again) empty."""
-    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
+def kept_note(out_dir: Path, earlier: dict | None) -> str:
+    """What a failed or interrupted run left in --out."""
+    return (f"the earlier dataset in {out_dir} is unchanged" if earlier is not None
+            else f"no dataset was written to {out_dir}")
+
+
+def _differences(meta: dict, settings: PrepareSettings, sources: list[dict], fingerprint: str) -> str:
+    """What makes a rerun another dataset, in a few words."""
+    then = meta.get("settings", {})
+    parts = []
+    if [s["path"] for s in meta.get("sources", [])] != [s["path"] for s in sources]:
+        parts.append("other inputs")
+    elif meta.get("sources") != sources:
+        parts.append("its inputs changed since (size or time)")
+    if meta["tokenizer"]["fingerprint"] != fingerprint:
+        parts.append("another tokenizer")
+    now = asdict(settings)
+    changed = sorted(k for k in now if k not in ("inputs", "out_dir", "tokenizer", "workers", "encoder", "overwrite")
+                     and k in then and then[k] != now[k])
+    if changed:
+        parts.append("settings " + ", ".join(changed))
+    return "; ".join(parts) or "other settings"
 
 
 def prepare(settings: PrepareSettings, progress: bool = True) -> dict:
-    """Build the dataset (or find it up to date); returns its metadata."""
+    """Build the dataset (or find it up to date); returns its metadata, with "replaced" and
+    "kept" (the names of the earlier dataset's files removed, of the user's files kept)."""
     from mylm_jax.tokenizer import Tokenizer
 
     start = time.time()
     out_dir = Path(settings.out_dir)
-    created = check_out_dir(out_dir)
-    try:
-        tokenizer = Tokenizer.load(settings.tokenizer)
-        files = expand_inputs(list(settings.inputs), settings.cache_dir)
-    except BaseException:  # a missing input, a failed download, Ctrl-C: no empty directory left behind
-        _discard(out_dir, created)
-        raise
+    earlier = check_out_dir(out_dir)
+    target = out_dir.resolve()
+    clear_stale(target, is_dataset_file, warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+    tokenizer = Tokenizer.load(settings.tokenizer)
+    files = expand_inputs(list(settings.inputs), settings.cache_dir)
     sources = [{"path": f, "bytes": os.path.getsize(f), "mtime": int(os.path.getmtime(f))} for f in files]
     settings_hash = _fingerprint(settings, sources, tokenizer.fingerprint())
-    if (out_dir / METADATA).is_file():
-        try:
-            meta = read_metadata(out_dir)
-            carried = (out_dir / meta["tokenizer"].get("file", "-")).is_file()  # older datasets: rebuild
-            if meta.get("settings_hash") == settings_hash and carried:
-                return meta | {"up_to_date": True}
-        except DataError:
-            pass
-    _remove_outputs(out_dir)
+    if earlier is not None:
+        carried = (out_dir / earlier["tokenizer"].get("file", "-")).is_file()  # older datasets: rebuild
+        if earlier.get("settings_hash") == settings_hash and carried:
+            return earlier | {"up_to_date": True}
+        if not settings.overwrite:
+            raise DataError(f"{out_dir} already holds a dataset that differs "
+                            f"({_differences(earlier, settings, sources, tokenizer.fingerprint())}); add --overwrite "
+                            "to replace it (it stays whole until the new one is complete)")
+    built = build_beside(target, "dataset")
     try:
-        return _build(settings, tokenizer, files, sources, settings_hash, out_dir, start, progress)
-    except BaseException:  # Ctrl-C, on_error="fail", nothing left: no half dataset stays behind
-        _remove_outputs(out_dir)
-        copy = out_dir / TOKENIZER_FILE
-        if copy.resolve() != Path(settings.tokenizer).resolve():  # ours, not the user's --tokenizer
-            copy.unlink(missing_ok=True)
-        _discard(out_dir, created)
+        meta = _build(settings, tokenizer, files, sources, settings_hash, built, out_dir, start, progress)
+    except (DataError, OSError) as e:  # on_error="fail", nothing left, a full disk: one line, and what was kept
+        discard(built)
+        reason = e if isinstance(e, DataError) else f"{out_dir}: cannot write ({e.strerror or e})"
+        raise DataError(f"{reason}; {kept_note(out_dir, earlier)}") from None
+    except BaseException:  # Ctrl-C: no half dataset stays behind
+        discard(built)
         raise
+    replaced, kept = swap_in(target, built, is_dataset_file)
+    return meta | {"replaced": replaced, "kept": kept}
 
 
 def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list[dict], settings_hash: str,
-           out_dir: Path, start: float, progress: bool) -> dict:
+           built: Path, out_dir: Path, start: float, progress: bool) -> dict:
+    """Write the dataset into `built`, the directory that will become `out_dir`."""
     log = SkipLog(settings.on_error)
     cleaner = Cleaner(settings.clean, settings.seed)
     selector = TextSelector(settings.field, settings.template)
     texts = cleaner(d.text for d in read_documents(files, selector, log, settings.txt_split))
     dtype = token_dtype(tokenizer.vocab_size)
-    writers = {"train": ShardWriter(out_dir, "train", dtype, settings.shard_tokens)}
+    writers = {"train": ShardWriter(built, "train", dtype, settings.shard_tokens)}
     if settings.split == "document" and settings.val_fraction > 0:
-        writers["val"] = ShardWriter(out_dir, "val", dtype, settings.shard_tokens)
+        writers["val"] = ShardWriter(built, "val", dtype, settings.shard_tokens)
     to_val = np.random.default_rng(settings.seed)
     text_bytes = 0
 
@@ -241,7 +300,8 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
         # and the split are the same as in one process. (With hf, one process alone is
         # bound by its Python split and id assembly; HF's own threads only merge the new
         # chunks, so processes, not threads, use the cores.)
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer, encoder, True, settings.eos))
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker,
+                                                         (tokenizer, encoder, os.getpid(), settings.eos))
         size = HF_POOL_DOCS if encoder == "hf" else CHUNK_DOCS
         encoded = _in_order(pool, _chunks(counted(texts), size), 2 * workers)
     else:
@@ -273,12 +333,14 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
     # The dataset carries its tokenizer, found relative to itself (shards.dataset_tokenizer):
     # a path relative to where this command ran would be lost from any other directory.
     try:
-        tokenizer.save(out_dir / TOKENIZER_FILE)
+        tokenizer.save(built / TOKENIZER_FILE)
     except ValueError as e:  # TokenizerError: cannot write
         raise DataError(str(e)) from None
     elapsed = time.time() - start
+    recorded = asdict(settings)
+    recorded.pop("overwrite")
     return write_metadata(
-        out_dir, writers, settings.split, settings.val_fraction,
+        built, writers, settings.split, settings.val_fraction,
         tokenizer={"fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
                    "file": TOKENIZER_FILE, "path": str((out_dir / TOKENIZER_FILE).resolve()),
                    "source": str(Path(settings.tokenizer).resolve()),
@@ -287,4 +349,4 @@ def _build(settings: PrepareSettings, tokenizer, files: list[str], sources: list
         eos_appended=settings.eos, encoder=encoder, sources=sources,
         reader={"records": cleaner.documents_in + log.total, "documents": cleaner.documents_in, **log.report()},
         cleaning=cleaner.report(), text_bytes=text_bytes, seconds=round(elapsed, 2),
-        settings=asdict(settings), settings_hash=settings_hash)
+        settings=recorded, settings_hash=settings_hash)

@@ -17,6 +17,12 @@ The dataset carries its tokenizer: `metadata.json` names the copy beside the sha
 ("file", relative to the dataset directory) and its fingerprint, so the dataset can be
 used from any working directory and moved as a whole (`dataset_tokenizer`).
 
+A dataset's fingerprint (`dataset_fingerprint`) is a hash of what its metadata says of its
+contents: each shard's size and the sha256 of its tokens and offsets (computed as they are
+written), the split, the dtype and the tokenizer's fingerprint. A run records it in every
+checkpoint, and a resume over a dataset that was replaced since is refused
+(mylm_jax/train/run_dir.py). An older dataset without the hashes gets one from the counts.
+
 Splits are "document" (each document is in train or in val) or "tail" (nanoGPT style:
 one token stream, the last `val_fraction` of its tokens is val, cutting a document if
 it must). A tail split is a view: the shards hold one stream and `TokenShards` clips
@@ -25,6 +31,7 @@ it to [0, cut) or [cut, end).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -39,6 +46,14 @@ FORMAT, VERSION = "mylm-token-shards", 1
 METADATA = "metadata.json"
 TOKENIZER_FILE = "tokenizer.json"
 TMP_MARK = ".tmp"  # every temporary name holds it (".name.tmp-PID"): leftovers are easy to find
+
+
+def is_dataset_file(path: Path) -> bool:
+    """A file `data prepare` writes in a dataset directory (or a temporary one it left)."""
+    name = path.name
+    temporary = (name.startswith(".") and f"{TMP_MARK}-" in name) or name.endswith(TMP_MARK)
+    return (name in (METADATA, TOKENIZER_FILE) or name.endswith((".tokens.npy", ".docs.npy"))
+            or temporary) and not path.is_dir()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -95,9 +110,13 @@ class ShardWriter:
         name = f"{self.split}_{len(self.shards):05d}"
         offsets = np.zeros(len(self._docs) + 1, np.int64)
         np.cumsum([len(d) for d in self._docs], out=offsets[1:])
-        atomic_save(self.out_dir / f"{name}.tokens.npy", np.concatenate(self._docs))
+        tokens = np.concatenate(self._docs)
+        atomic_save(self.out_dir / f"{name}.tokens.npy", tokens)
         atomic_save(self.out_dir / f"{name}.docs.npy", offsets)
-        self.shards.append({"name": name, "num_tokens": int(offsets[-1]), "num_documents": len(self._docs)})
+        digest = hashlib.sha256(memoryview(tokens).cast("B"))
+        digest.update(memoryview(offsets).cast("B"))
+        self.shards.append({"name": name, "num_tokens": int(offsets[-1]), "num_documents": len(self._docs),
+                            "sha256": digest.hexdigest()})
         self._docs, self._buffered = [], 0
 
     def summary(self) -> dict:
@@ -114,6 +133,13 @@ def write_metadata(out_dir: str | Path, writers: dict[str, ShardWriter], split_m
             "dtype": str(next(iter(writers.values())).dtype), **info}
     atomic_write_json(Path(out_dir) / METADATA, meta)
     return meta
+
+
+def dataset_fingerprint(meta: dict) -> str:
+    """What a dataset holds, as one hash of its metadata (see the module's docstring)."""
+    contents = {"splits": meta["splits"], "split": meta["split"], "dtype": meta["dtype"],
+                "tokenizer": meta["tokenizer"]["fingerprint"], "eos": meta.get("eos_appended")}
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
 
 
 def dataset_tokenizer(data_dir: str | Path, meta: dict):

@@ -8,15 +8,28 @@
     OUT_DIR/config.json                the architecture that computes the same function (architectures.py),
                                        written last: a directory without it was never finished
 
+    OUT_DIR/.mylm                      the marker: a MyLM export (mylm_jax/ownership.py)
+
 Then `AutoModelForCausalLM.from_pretrained(OUT_DIR)`, `AutoTokenizer.from_pretrained(OUT_DIR)`
 and `pipeline("text-generation", model=OUT_DIR)` work offline. The architecture is chosen from
 the checkpoint's config before a weight is read: a model with no exact counterpart is one
 line naming the option, at once. Nothing here imports transformers (only safetensors).
+
+`export_run` touches OUT_DIR last: the dependency, the run, the checkpoint's weights and
+OUT_DIR's own state are checked first; the export is written beside it
+(`.OUT_DIR.tmp-PID`) and swapped in complete, so a failure midway leaves an earlier export
+whole. OUT_DIR must be new or empty, or, with --overwrite, an earlier export marked as
+MyLM's: an unmarked directory of model files (an export made before markers, or one that
+`save_pretrained` or the Hub wrote) cannot be told from the user's own and is refused.
+Files of the user's in an earlier export (a README.md model card, say) are carried into
+the new one.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +43,7 @@ from mylm_jax.interop.mapping import to_hf
 from mylm_jax.interop.safetensors_files import DTYPES, write_weights
 from mylm_jax.model.layout import to_unrolled
 from mylm_jax.model.params import flat_params
+from mylm_jax.ownership import build_beside, clear_stale, discard, listing, marked_as, refusal, swap_in
 from mylm_jax.tokenizer import Tokenizer
 from mylm_jax.train.run_dir import RunDir
 
@@ -48,19 +62,35 @@ def check_dtype(dtype: str) -> None:
         raise InteropError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """OUT_DIR must be new or empty; --overwrite removes an earlier export's files (only those)."""
+def check_dependencies() -> None:
+    """What writing an export imports, before anything is read or written."""
+    try:
+        import safetensors.numpy  # noqa: F401
+    except ImportError:
+        raise InteropError('mylm export hf writes safetensors files and needs the safetensors package: '
+                           'pip install -e ".[hf]"') from None
+
+
+def is_export_file(path: Path) -> bool:
+    """A file an export writes (or a temporary one it left, fileio's `.NAME.tmp-PID`)."""
+    temporary = path.name.startswith(".") and ".tmp-" in path.name
+    return any(fnmatch(path.name, pattern) for pattern in EXPORT_FILES) or temporary
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """OUT_DIR must be new or empty, or an earlier MyLM export to replace (--overwrite). Reads only."""
     if out.exists() and not out.is_dir():
         raise InteropError(f"{out}: is a file, not a directory")
-    earlier = sorted({p for pattern in EXPORT_FILES for p in out.glob(pattern)}) if out.is_dir() else []
-    others = sorted(p.name for p in out.iterdir() if p not in earlier) if out.is_dir() else []
-    if earlier and not overwrite:
-        raise InteropError(f"{out} already holds an export ({', '.join(p.name for p in earlier[:3])}...); "
-                           "add --overwrite to replace it")
-    if others and not earlier:
-        raise InteropError(f"{out} is not empty ({', '.join(others[:3])}); export into a new or empty directory")
-    for p in earlier:
-        p.unlink()
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if marked_as(out, "hf-export"):
+        if not overwrite:
+            files = listing(p.name for p in entries if is_export_file(p))
+            raise InteropError(f"{out} already holds an export ({files}); add --overwrite to replace it")
+    elif entries and overwrite:
+        raise refusal(entries[0], "delete", "--overwrite replaces only an earlier MyLM export, marked .mylm")
+    elif entries:
+        raise InteropError(f"{out} is not empty ({listing(p.name for p in entries)}); export into a new or empty "
+                           "directory")
 
 
 def export_model(m: ModelConfig, flat: dict[str, np.ndarray], tok: Tokenizer, out: str | Path,
@@ -84,12 +114,32 @@ def export_model(m: ModelConfig, flat: dict[str, np.ndarray], tok: Tokenizer, ou
 def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dtype: str = "float32",
                max_shard_bytes: int = MAX_SHARD_BYTES, overwrite: bool = False) -> tuple[str, int]:
     """`mylm export hf`: (model_type, step) of the checkpoint exported from a run directory."""
+    check_dependencies()
     run = RunDir.open(run_dir)
     step = run.step(step)
     choose(run.config(step).model)  # no counterpart: say so before reading the weights
     check_dtype(dtype)
-    prepare_out_dir(Path(out), overwrite)
+    out = Path(out)
+    check_out_dir(out, overwrite)
     model, cfg, tok = run.load_model(step)
     # A scanned model's stacked weights are written per layer, as the unrolled model's (model/layout.py).
     flat = to_unrolled(flat_params(model), cfg.model)
-    return export_model(cfg.model, flat, tok, out, dtype, max_shard_bytes), step
+    earlier = out.is_dir() and any(out.iterdir())
+    target = out.resolve()
+    clear_stale(target, is_export_file, warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+    built = build_beside(target, "hf-export")
+    try:
+        arch = export_model(cfg.model, flat, tok, built, dtype, max_shard_bytes)
+        check_out_dir(out, overwrite)  # as it was: nothing else wrote there meanwhile
+    except OSError as e:
+        discard(built)
+        raise InteropError(f"{out}: cannot write the export ({e.strerror or e}); "
+                           f"{'the earlier export there is unchanged' if earlier else 'nothing was written'}") from None
+    except BaseException:
+        discard(built)
+        raise
+    replaced, kept = swap_in(target, built, is_export_file)
+    if replaced:
+        print(f"replaced the earlier export in {out} (removed {listing(replaced)})"
+              + (f"; kept {listing(kept)} (not made by MyLM)" if kept else ""), flush=True)
+    return arch, step

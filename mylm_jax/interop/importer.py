@@ -104,16 +104,20 @@ def import_run(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
                  train=TrainConfig(out_dir=str(out)))
     if RunDir.committed_steps(out) and not overwrite:
         raise InteropError(f"{out} already holds a run; add --overwrite to replace it")
+    # One run per directory, by the training runs' rules (a run's own files only, locked while written).
     run = RunDir.for_training(out, cfg.train.keep_checkpoints, async_save=False, resume=False, overwrite=overwrite)
-    ts = create_state(cfg, make_mesh(cfg.mesh))
-    models = ts.models()  # (model, optimizer): the fresh optimizer state stays
-    load_flat_params(models[0], flat)
-    ts.state = nnx.split(models)[1]
-    tok.save(out / "tokenizer.json")
-    atomic_write(out / "config.yaml", dump_config(cfg))
-    meta = {"config": config_to_dict(cfg), "step": 0, "seed": cfg.train.seed,
-            "tokenizer": tokenizer_identity(tok, str(out / "tokenizer.json")), "data_path": "",
-            "progress": {}, "imported_from": str(Path(hf_dir).absolute())}
-    run.checkpointer.save(0, ts.state, DATA_START, meta, wait=True)
-    run.checkpointer.close()
+    try:
+        ts = create_state(cfg, make_mesh(cfg.mesh))
+        models = ts.models()  # (model, optimizer): the fresh optimizer state stays
+        load_flat_params(models[0], flat)
+        ts.state = nnx.split(models)[1]
+        tok.save(out / "tokenizer.json")
+        atomic_write(out / "config.yaml", dump_config(cfg))
+        meta = {"config": config_to_dict(cfg), "step": 0, "seed": cfg.train.seed,
+                "tokenizer": tokenizer_identity(tok, str(out / "tokenizer.json")), "data_path": "",
+                "progress": {}, "imported_from": str(Path(hf_dir).absolute())}
+        run.checkpointer.save(0, ts.state, DATA_START, meta, wait=True)
+        run.checkpointer.close()
+    finally:
+        run.release()
     return arch, cfg

@@ -111,7 +111,8 @@ def make_objective(base: dict, space: dict, out: Path):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val loss {last_val:.4f} at step {step}")
 
-        # overwrite: a trial directory left by an interrupted or another search is replaced
+        # overwrite: a trial directory left by an interrupted or another search is replaced. Only a
+        # MyLM run is (RunDir.for_training): a directory of the user's under that name is refused.
         Trainer(cfg, ShardsSource(cfg), on_eval=report, overwrite=True).run()
         if not math.isfinite(last_val):
             raise StudyError("the config runs no eval (train.eval_every=0 or no val split): nothing to score")

@@ -45,7 +45,7 @@ from mylm_jax.startup import resume_gc
 from mylm_jax.train.faults import KILL_AT_STEP, kill_if_asked
 from mylm_jax.train.metrics import EMA, MetricsLog, peak_flops_per_device
 from mylm_jax.train.progress import make_progress
-from mylm_jax.train.run_dir import RunDir
+from mylm_jax.train.run_dir import RunDir, data_fingerprint
 from mylm_jax.train.score import byte_lengths
 from mylm_jax.train.signals import StopFlag
 from mylm_jax.train.state import create_state
@@ -98,14 +98,17 @@ class Trainer:
             # it): checkpoints then name a tokenizer that stays with them.
             self.identity = tokenizer_identity(self.tokenizer, str(self.out_dir / "tokenizer.json"))
         self.loader = data.loader("train", self._loader_config(cfg.data.seed))
+        self.data_fingerprint = data_fingerprint(data)  # in every checkpoint: a resume refuses replaced data
         t = cfg.train
-        self.run_dir = RunDir.for_training(self.out_dir, t.keep_checkpoints, t.async_checkpoint, resume, overwrite)
+        self.run_dir = RunDir.for_training(self.out_dir, t.keep_checkpoints, t.async_checkpoint, resume, overwrite,
+                                           config=cfg)
         self.checkpointer = self.run_dir.checkpointer
         progress, restored = {}, None
         if resume:
             # The newest checkpoint that reads whole; shapes, optimizer and tokenizer are checked
             # against it before any file of the run is written.
-            self.ts, data_state = self.run_dir.restore(None, cfg, self.mesh, self.identity)
+            self.ts, data_state = self.run_dir.restore(None, cfg, self.mesh, self.identity,
+                                                       data=self.data_fingerprint)
             restored = self.ts.step
             self.run_dir.set_aside_unreadable(restored)
             self.loader.set_state(data_state)
@@ -140,6 +143,7 @@ class Trainer:
     def _meta(self) -> dict:
         return {"config": config_to_dict(self.cfg), "step": self.ts.step, "seed": self.cfg.train.seed,
                 "tokenizer": self.identity, "data_path": self.cfg.data.path,
+                "data_fingerprint": self.data_fingerprint,
                 # read back by a resume: the smoothed loss then continues exactly
                 "progress": {"loss_ema": self.ema.state(), "skipped_nonfinite": self.skipped}}
 
@@ -325,8 +329,11 @@ class Trainer:
             stop.restore()
             if self.progress is not None:
                 self.progress.close()
-            self.checkpointer.wait()
-            self.log.close()
+            try:
+                self.checkpointer.wait()
+                self.log.close()
+            finally:
+                self.run_dir.release()  # another run may write here now
         return step
 
 

@@ -5,6 +5,9 @@
     runs/x/metrics.jsonl, tb/   the logs (mylm_jax/train/metrics.py)
     runs/x/checkpoints/<step>/  state, data iterator, meta (mylm_jax/train/checkpoint.py)
 
+    runs/x/.mylm                the marker: a MyLM run made this directory (mylm_jax/ownership.py)
+    runs/x/.mylm.lock           locked while a run writes here (mylm_jax/train/lock.py)
+
 `RunDir.open("runs/x")` reads a finished or running run (read-only): its steps, each
 step's meta (config, tokenizer identity, data path), its config, its tokenizer (checked
 against the fingerprint the checkpoint recorded), and `restore(step, cfg, mesh)`, which
@@ -17,13 +20,19 @@ heads, experts, untied head, ...; the optimizer, since AdamW and Muon keep diffe
 state; the tokenizer, since the same ids must mean the same text) are one-line errors.
 Everything else may change (lr, schedule, steps, batch size, intervals, the data path
 with the same tokenizer, the mesh), and the differences are printed, so a continued run
-says how it differs from the one it continues.
+says how it differs from the one it continues. The data itself may not change under the
+same data.path: every checkpoint records its dataset's fingerprint (data/shards.py), and a
+resume over a dataset replaced since is refused (`check_data`); another data.path is the
+explicit way to go on with other data.
+
+Who made the directory, and what --overwrite may delete: mylm_jax/train/run_files.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import shutil
+import io
 import sys
 from pathlib import Path
 
@@ -31,13 +40,19 @@ import jax
 
 from flax import nnx
 
-from mylm_jax.config import Config, ConfigError, MeshConfig, apply_overrides, config_from_dict, config_to_dict
+from mylm_jax.config import (Config, ConfigError, MeshConfig, apply_overrides, config_from_dict, config_to_dict,
+                             load_config)
+from mylm_jax.data.shards import dataset_fingerprint
+from mylm_jax.data.sources import ShardsSource
 from mylm_jax.model.gpt import GPT
 from mylm_jax.model.layout import convert_state, unrolled_shapes
 from mylm_jax.model.params import param_shapes
+from mylm_jax.ownership import MARKER, listing, refusal, remove, write_marker
 from mylm_jax.parallel import make_mesh
 from mylm_jax.tokenizer import Tokenizer
 from mylm_jax.train.checkpoint import Checkpointer, UnreadableCheckpoint
+from mylm_jax.train.lock import RunLock
+from mylm_jax.train.run_files import REWRITTEN, RUN_FILES, Survey, deleted, survey
 from mylm_jax.train.state import TrainState, restore_target
 
 
@@ -84,6 +99,21 @@ def check_structure(meta: dict, cfg: Config, new_shapes: dict, tokenizer: dict |
     return old
 
 
+def data_fingerprint(source) -> str | None:
+    """The fingerprint of a data source's dataset, for the checkpoints (None: not shards, e.g. SFT)."""
+    return dataset_fingerprint(source.meta) if isinstance(source, ShardsSource) else None
+
+
+def check_data(meta: dict, cfg: Config, fingerprint: str | None) -> None:
+    """Refuse to continue a checkpoint on other data under the same data.path."""
+    then = meta.get("data_fingerprint")
+    if then is None or fingerprint is None or then == fingerprint or meta.get("data_path") != cfg.data.path:
+        return  # an older checkpoint, SFT data, the same data, or another data.path (printed as a change)
+    raise ConfigError(f"{cfg.data.path}: the dataset changed since checkpoint step {meta.get('step')} was written "
+                      f"(fingerprint {then[:12]}... then, {fingerprint[:12]}... now); put it back, or to go on with "
+                      f"the new data, move it to another directory and resume with data.path set to that")
+
+
 def check_compatible(meta: dict, cfg: Config, new_shapes: dict, tokenizer: dict | None) -> list[str]:
     """Raise ConfigError on a structural mismatch; return (and print) the other changes."""
     return say_changes(check_structure(meta, cfg, new_shapes, tokenizer), cfg)
@@ -96,8 +126,16 @@ def say_changes(old: Config, cfg: Config) -> list[str]:
     return changes
 
 
-# What a run leaves in its directory, besides the config and tokenizer it rewrites.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tb")
+def _holds(path: Path, config: Config | None) -> bool:
+    """Whether the YAML file at `path` is this config (read quietly: its notes were printed
+    when the run loaded it)."""
+    if config is None:
+        return False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return load_config(path) == config
+    except ConfigError:
+        return False
 
 
 def warn(text: str) -> None:
@@ -105,8 +143,8 @@ def warn(text: str) -> None:
 
 
 class RunDir:
-    def __init__(self, path: str | Path, checkpointer: Checkpointer):
-        self.path, self.checkpointer = Path(path), checkpointer
+    def __init__(self, path: str | Path, checkpointer: Checkpointer, lock: RunLock | None = None):
+        self.path, self.checkpointer, self.lock = Path(path), checkpointer, lock
         self.unreadable: dict[int, str] = {}  # step -> why, warned about once
 
     @classmethod
@@ -121,37 +159,84 @@ class RunDir:
 
     @classmethod
     def for_training(cls, path: str | Path, keep: int, async_save: bool, resume: bool,
-                     overwrite: bool) -> RunDir:
-        """The writable run directory of a training run, one run per directory.
+                     overwrite: bool, config: Config | None = None) -> RunDir:
+        """The writable run directory of a training run, one run per directory, locked
+        (train/lock.py) until `release` (the Trainer's end) or the process's end.
 
         resume:    continue the run there; refused when it has no committed checkpoint
-        overwrite: start over; the earlier run's checkpoints and logs are removed first
+        overwrite: start over; the earlier run's own files are removed first (and named),
+                   anything else there is left (and named)
         neither:   a new run; refused where an earlier run left checkpoints or logs, which
                    would otherwise mix with this one's (old steps kept as "latest", old
                    metrics.jsonl appended to)
-        Checked before anything is written, so a refused start leaves the directory as it was.
+        A directory MyLM did not make is refused wherever a run would delete or overwrite a
+        file of it (run_files.py), except a config.yaml that holds this very run's `config`
+        (the file given as --config, say): rewriting it loses no setting. Checked before
+        anything is written, so a refused start leaves the directory as it was; checked
+        again once the lock is held, since another run may have started in between.
         """
         path = Path(path)
         if resume and overwrite:
             raise ConfigError("--resume continues the run in train.out_dir, --overwrite deletes it: use one")
-        leftovers = [name for name in RUN_FILES if (path / name).exists() and
-                     not ((path / name).is_dir() and not any((path / name).iterdir()))]
-        if resume and not cls.committed_steps(path):
-            hint = ("start it again with --overwrite" if leftovers else "drop --resume to start a new run")
+        cls._check(path, resume, overwrite, config)
+        lock = None
+        if jax.process_index() == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(path).acquire()
+            try:
+                cls._claim(path, resume, overwrite, config)
+            except BaseException:
+                lock.release()
+                raise
+        if overwrite and jax.process_count() > 1:  # no process may see the old steps once another has cleared them
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("mylm-overwrite")
+        return cls(path, Checkpointer(path, keep, async_save), lock)
+
+    @classmethod
+    def _claim(cls, path: Path, resume: bool, overwrite: bool, config: Config | None) -> None:
+        """Under the lock: check again, clear an earlier run's own files for --overwrite (saying
+        exactly what went and what stayed), mark the directory."""
+        s = cls._check(path, resume, overwrite, config)
+        if overwrite and s.ours and (s.leftovers or s.rewritten):
+            remove(s.leftovers + s.rewritten)
+            for name in ("checkpoints", "tb"):  # emptied: gone, as after a run that never was
+                if (path / name).is_dir() and not any((path / name).iterdir()):
+                    (path / name).rmdir()
+            left = f"; left {listing(s.foreign)} (not made by MyLM)" if s.foreign else ""
+            print(f"deleted the earlier run's {deleted(s)} in {path}{left}", flush=True)
+        if overwrite or not (path / MARKER).is_file():
+            write_marker(path, "run")
+
+    @classmethod
+    def _check(cls, path: Path, resume: bool, overwrite: bool, config: Config | None) -> Survey:
+        """for_training's refusals; the survey they were made on."""
+        s = survey(path)
+        at_risk = [p for p in s.rewritten if not (p.name == "config.yaml" and _holds(p, config))]
+        if not s.ours and (s.foreign or at_risk):
+            first = (s.foreign + at_risk)[0]
+            if overwrite:
+                raise refusal(first, "overwrite" if first.name in REWRITTEN else "delete",
+                              "--overwrite removes only what a MyLM run made")
+            if not resume:
+                raise refusal(first, "write a run over" if first.name in REWRITTEN else "write a run beside",
+                              "train.out_dir must be a new directory or a MyLM run's")
+        if resume and not s.steps:
+            hint = ("start it again with --overwrite" if s.leftovers else "drop --resume to start a new run")
+            if not s.ours and s.foreign:
+                hint = f"{path} is not a MyLM run"
             raise ConfigError(f"--resume: no checkpoint in {path / 'checkpoints'}; {hint}")
-        if leftovers and not resume:
-            if not overwrite:
-                raise ConfigError(f"{path} already holds a run ({', '.join(leftovers)}); add --resume to "
-                                  "continue it or --overwrite to delete it and start again")
-            if jax.process_index() == 0:
-                for name in leftovers:
-                    target = path / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink()
-                print(f"--overwrite: deleted the earlier run's {', '.join(leftovers)} in {path}", flush=True)
-            if jax.process_count() > 1:  # no process may see the old steps once another has cleared them
-                from jax.experimental import multihost_utils
-                multihost_utils.sync_global_devices("mylm-overwrite")
-        return cls(path, Checkpointer(path, keep, async_save))
+        if s.leftovers and not resume and not overwrite:
+            kinds = [name for name in RUN_FILES if any(p == path / name or p.parent == path / name
+                                                       for p in s.leftovers)]
+            raise ConfigError(f"{path} already holds a run ({', '.join(kinds)}); add --resume to "
+                              "continue it or --overwrite to delete it and start again")
+        return s
+
+    def release(self) -> None:
+        """Let another run write here (the Trainer's end)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @staticmethod
     def committed_steps(path: Path) -> list[int]:
@@ -245,12 +330,13 @@ class RunDir:
     # --- restoring ------------------------------------------------------------------------
 
     def restore(self, step: int | None, cfg: Config, mesh, identity: dict | None = None,
-                check: bool = True) -> tuple[TrainState, dict]:
+                check: bool = True, data: str | None = None) -> tuple[TrainState, dict]:
         """(TrainState on `mesh`, data iterator state) of a checkpoint, built for `cfg`;
         step None: the newest one that reads whole (see the module's docstring).
 
         check: refuse structural changes against the checkpoint's own config (and its
-        tokenizer, given this run's `identity`), print the others.
+        tokenizer, given this run's `identity`; and its dataset, given this run's dataset
+        fingerprint `data`), print the others.
         """
         template, target = restore_target(cfg, mesh)
         candidates = self._candidates(step)
@@ -258,6 +344,8 @@ class RunDir:
             try:
                 meta = self.meta(s)
                 old = check_structure(meta, cfg, template.param_shapes, identity) if check else None
+                if check:
+                    check_data(meta, cfg, data)
                 saved_scan = config_from_dict(meta["config"]).model.scan_layers
                 if saved_scan == cfg.model.scan_layers:
                     state, data_state, _ = self.checkpointer.restore(s, target)

@@ -264,7 +264,9 @@ def test_a_full_disk_leaves_no_half_dataset(tmp_path, tok, monkeypatch, capsys, 
     _fail_fsync_for(monkeypatch, failing)
     assert main(["data", "prepare", str(tmp_path / "a.jsonl"), "--tokenizer", str(tok), "--out", str(out),
                  "--workers", "1", "--shard-tokens", "500"]) == 2
-    assert f"{failing}: cannot write (No space left on device)" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert f"{failing}: cannot write (No space left on device)" in line
+    assert line.endswith(f"; no dataset was written to {out}")  # and says what was kept
     assert not out.exists()  # every shard written before the failure was removed, and the new directory
 
 
@@ -336,7 +338,7 @@ def test_ctrl_c_during_prepare_is_one_line_and_leaves_nothing(tmp_path, tok):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
-        while not (out.is_dir() and list(out.glob("train_*.tokens.npy"))):  # mid-run: shards written
+        while not list(tmp_path.glob(".out.tmp-*/train_*.tokens.npy")):  # mid-run: shards written beside out
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
@@ -346,7 +348,7 @@ def test_ctrl_c_during_prepare_is_one_line_and_leaves_nothing(tmp_path, tok):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("mylm: interrupted; no dataset")
-    assert not out.exists()  # the directory this run created is gone with its shards
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))  # the shards built beside it are gone too
     for _ in range(100):  # the worker processes were stopped, not orphaned
         try:
             os.killpg(proc.pid, 0)

@@ -7,15 +7,12 @@ One 8-step run (checkpoints 4 and 8) is made once; each test works on a copy of 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
 
-import pytest
-
 from mylm_jax.cli import main
-from tests.train_helpers import ROOT, TEXT, make_dataset, run_mylm, tiny_config
+from tests.train_helpers import ROOT, TEXT, make_dataset, run_mylm, steps_kept, tiny_config
 
 
 def records(out_dir) -> list[dict]:
@@ -25,27 +22,6 @@ def records(out_dir) -> list[dict]:
 def train_records(out_dir) -> list[tuple]:
     """(step, loss, loss_ema) of every training record, in file order."""
     return [(r["step"], r["loss"], r["loss_ema"]) for r in records(out_dir) if "loss" in r]
-
-
-def steps_kept(out_dir) -> list[int]:
-    return sorted(int(p.name) for p in (out_dir / "checkpoints").iterdir() if p.name.isdigit())
-
-
-@pytest.fixture(scope="module")
-def base(data_path, tmp_path_factory):
-    """8 steps in one go, checkpoints at 4 and 8: the reference run."""
-    out = tmp_path_factory.mktemp("base") / "run"
-    result = run_mylm(["pretrain"], tiny_config(data_path, out), out.parent / "c.yaml")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
-@pytest.fixture
-def run(base, tmp_path):
-    """A copy of the reference run, and a config file that trains into it."""
-    out = tmp_path / "run"
-    shutil.copytree(base, out)
-    return out
 
 
 def write_config(path, cfg: dict) -> str:
@@ -122,7 +98,8 @@ def test_a_new_run_in_an_old_runs_directory_is_refused_or_overwritten(run, data_
     assert main(["pretrain", "--config", config, "--resume", "--overwrite"]) == 2
     capsys.readouterr()
     assert main(["pretrain", "--config", config, "--overwrite"]) == 0
-    assert "--overwrite: deleted the earlier run's checkpoints, metrics.jsonl, tb" in capsys.readouterr().out
+    assert (f"deleted the earlier run's checkpoints (steps 4, 8), metrics.jsonl, tb (1 event file), config.yaml, "
+            f"tokenizer.json in {run}\n") in capsys.readouterr().out
     assert steps_kept(run) == [4, 5]
     assert [r[0] for r in train_records(run)] == [1, 2, 3, 4, 5]
 
