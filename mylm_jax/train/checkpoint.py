@@ -14,6 +14,11 @@ Restoring reads against an abstract target carrying *this* run's shardings
 restores onto another (8-device FSDP -> 1 device, say): orbax reads each device's
 slice of every array.
 
+A save the file system refuses (a full disk, a quota, no permission) becomes
+`CheckpointWriteError`, one line naming the step, the reason and the committed steps
+that were kept; orbax's partial `<step>.orbax-checkpoint-tmp` is ignored by every read.
+An asynchronous save's failure surfaces at the next save or wait, and names its own step.
+
 A checkpoint can still be damaged after its commit (a disk error, a file truncated by a
 copy or a full disk). Every read here turns such damage into `UnreadableCheckpoint`, a
 one-line error naming the step and the cause, so that RunDir (mylm_jax/train/run_dir.py)
@@ -23,6 +28,10 @@ can fall back to the newest readable step instead of ending in a library traceba
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import sys
 from pathlib import Path
 
 import jax
@@ -46,6 +55,61 @@ class UnreadableCheckpoint(ConfigError):
         self.step = step
 
 
+class CheckpointWriteError(ConfigError):
+    """A save that the file system refused: one line (the step, the OS's reason, what was kept)."""
+
+
+def _chain(error: BaseException | None):
+    """An error and the errors it was raised from or during."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def refused_write(error: BaseException) -> str | None:
+    """The OS's reason when `error`, or an error it came from, is a write the file system
+    refused (ENOSPC, EDQUOT, EACCES, ...); None for any other error."""
+    for seen in _chain(error):
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno)
+        # tensorstore's errors reach Python as ValueError text carrying the errno
+        if code := re.search(r"os_error_code='?(\d+)", str(seen)):
+            return os.strerror(int(code.group(1)))
+    return None
+
+
+def _drop_refused_write_logs(record: logging.LogRecord) -> bool:
+    """A logging filter: orbax's background save thread logs a refused write with its whole
+    traceback before raising it to the caller, where Checkpointer makes it one line."""
+    return not (record.exc_info and record.exc_info[1] is not None and refused_write(record.exc_info[1]))
+
+
+def _late_callback(unraisable) -> bool:
+    """Whether an error no caller could catch is tensorstore calling back into an event loop
+    that orbax has closed: after a refused write, the writes of the same save still in flight
+    fail in turn, and each would print such a traceback of the failure already reported as
+    CheckpointWriteError."""
+    frames, traceback = [], unraisable.exc_traceback
+    while traceback is not None:
+        frames.append(traceback.tb_frame.f_code.co_filename)
+        traceback = traceback.tb_next
+    return (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+            and bool(frames) and all(Path(f).parts[-2:] == ("asyncio", "base_events.py") for f in frames))
+
+
+def _drop_late_callbacks() -> None:
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_late_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if not _late_callback(unraisable):
+            previous(unraisable)
+
+    hook.drops_late_callbacks = True
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     def __init__(self, out_dir: str | Path, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = Path(out_dir).absolute() / "checkpoints"
@@ -58,6 +122,11 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, read_only=read_only,
                                                enable_async_checkpointing=async_save, create=not read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # A refused write is reported once, as CheckpointWriteError: not by orbax's log and
+        # tensorstore's late callbacks as well.
+        logging.getLogger("absl").addFilter(_drop_refused_write_logs)  # once: filters are a set
+        _drop_late_callbacks()
+        self.unfinished: int | None = None  # the step of an asynchronous save not yet waited for
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -67,14 +136,42 @@ class Checkpointer:
 
     def save(self, step: int, state, data_state: dict, meta: dict, val_loss: float | None = None,
              wait: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
-            data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta)),
-            metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
+        try:
+            # orbax waits for the save before this one first: its failure is raised here.
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta)),
+                metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
+        except Exception as e:
+            self._refused(self.unfinished if self.unfinished is not None else step, e)
+            raise
+        self.unfinished = step
         kill_if_asked(KILL_DURING_SAVE, step)  # tests only (mylm_jax/train/faults.py)
         if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        try:
             self.manager.wait_until_finished()
+        except Exception as e:
+            self._refused(self.unfinished, e)
+            raise
+        self.unfinished = None
+
+    def _refused(self, step: int | None, error: BaseException) -> None:
+        """Raise CheckpointWriteError if `error` is a refused write of `step`'s save."""
+        if (reason := refused_write(error)) is None:
+            return
+        self.unfinished = None  # reported once
+        # The step whose files were refused, where the error names its orbax directory.
+        if named := re.search(r"(\d+)\.orbax-checkpoint-tmp", "\n".join(map(str, _chain(error)))):
+            step = int(named.group(1))
+        kept = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        kept_text = f"the committed steps {', '.join(map(str, kept))} are whole" if kept else "no step was committed"
+        raise CheckpointWriteError(
+            f"cannot save checkpoint step {step} in {self.directory} ({reason}); {kept_text}"
+            + ("; free space, then continue with --resume" if kept else "")) from None
 
     def read_meta(self, step: int) -> dict:
         """A step's meta, after the cheap checks: meta and data items readable, and the
@@ -115,9 +212,6 @@ class Checkpointer:
         (self.directory / str(step)).rename(target)
         self.manager.reload()
         return target
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()

@@ -210,6 +210,7 @@ class Trainer:
         self.flops = flops_per_token(cfg.model, cfg.data.seq_len)
         self.peak = peak_flops_per_device(t.peak_tflops)
         self.last_time = time.perf_counter()  # (the EMA and skip count: __init__, from a resume)
+        self.first_step, self.skipped_before, self.last_applied = self.ts.step, self.skipped, self.ts.step
         # A bar on a terminal, a plain line every log_every steps in a log file / CI / pipe,
         # nothing when quiet (progress.py); only process 0 prints.
         self.progress = None
@@ -247,6 +248,7 @@ class Trainer:
                                     f"checkpoint saved at step {self.ts.step} in {self.checkpointer.directory}")
         else:
             record["loss_ema"] = self.ema.update(loss)
+            self.last_applied = done_step
         if self.peak:
             record["mfu"] = record["tokens_per_s"] * self.flops / (self.peak * jax.device_count())
         if done_step % t.log_every == 0 or done_step == t.steps:
@@ -296,6 +298,7 @@ class Trainer:
         # Carried on the device from call to call (make_train_steps). Placed as the calls return
         # it (replicated on the mesh): a host bool would make the second call trace again.
         halted = jax.device_put(np.bool_(False), jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+        failed = True  # until the loop ends normally (_close)
         try:
             if t.eval_at_start and self.data.has_val and step == 0:
                 self._evaluate_and_log(0)
@@ -325,16 +328,44 @@ class Trainer:
                 self.save(wait=True)
                 print(f"\n{stop.requested}: saved step {step} to {self.checkpointer.directory}; "
                       f"resume with --resume", flush=True)
+            failed = False
         finally:
             stop.restore()
             if self.progress is not None:
                 self.progress.close()
             try:
-                self.checkpointer.wait()
-                self.log.close()
+                self._close(failed)
             finally:
                 self.run_dir.release()  # another run may write here now
+        if not stop.requested:
+            self._report_skips(step)
         return step
+
+    def _close(self, failing: bool) -> None:
+        """Wait for the last save and close the logs. failing: an error is already on its way
+        out (a full disk, say); a second one from the same cause would hide it."""
+        try:
+            self.checkpointer.wait()
+        except Exception:
+            if not failing:
+                raise
+        finally:
+            self.log.close(failing)
+
+    def _report_skips(self, step: int) -> None:
+        """train.on_nonfinite=skip: one line on the steps not applied; a run whose last steps
+        were all skipped ends as a halted one does (NonFiniteLoss, exit 3)."""
+        skipped = self.skipped - self.skipped_before
+        if not skipped:
+            return
+        newest = f"{self.checkpointer.directory}/{self.ts.step}"  # checkpoints count the updates applied
+        line = (f"{skipped} of {step - self.first_step} steps were skipped (non-finite loss or gradient, "
+                f"train.on_nonfinite=skip)")
+        if self.last_applied != step:
+            raise NonFiniteLoss(f"{line}: steps {self.last_applied + 1} to {step} were all skipped; the newest "
+                                f"checkpoint, {newest}, holds the weights after step {self.last_applied}")
+        line += f"; the newest checkpoint is {newest} (checkpoints count the {self.ts.step} updates applied)"
+        print(f"mylm: note: {line}", flush=True)
 
 
 def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> int:

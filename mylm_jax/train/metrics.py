@@ -22,13 +22,16 @@ in the checkpoint's meta, so `loss_ema` continues as if the run had never stoppe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import queue
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from mylm_jax.config import ConfigError
 from mylm_jax.fileio import atomic_write
 from mylm_jax.startup import TENSORBOARDX_PROBES, without
 
@@ -132,14 +135,39 @@ class MetricsLog:
             return
         plain = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in record.items()}
         plain = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in plain.items()}
-        self.file.write(json.dumps(plain) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(plain) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: one line (mylm: error:), the run stops there
+            raise ConfigError(f"{self.path}: cannot write ({e.strerror or e})") from None
         if self.writer is not None:
             for key, value in _scalars(record):
                 self.writer.add_scalar(key, value, record["step"])
 
-    def close(self) -> None:
-        if self.enabled:
+    def close(self, failing: bool = False) -> None:
+        """Close the log and the event files. failing: the run is already ending on an error
+        (a full disk, say), which is the one to report: a log that cannot be flushed either
+        is given up without a second error, and its unwritten events are dropped."""
+        if not self.enabled:
+            return
+        try:
             self.file.close()
             if self.writer is not None:
                 self.writer.close()
+        except OSError as e:
+            if self.writer is not None:
+                _abandon(self.writer)
+            if not failing:
+                raise ConfigError(f"{self.path.parent}: cannot write the logs ({e.strerror or e})") from None
+
+
+def _abandon(writer) -> None:
+    """Mark tensorboardX's event files closed without flushing them: its exit hook would try
+    the failed flush again and print a traceback at exit. (Its writer thread is a daemon.)"""
+    for file_writer in getattr(writer, "all_writers", {}).values():
+        events = file_writer.event_writer
+        events._closed = True
+        with contextlib.suppress(queue.Empty, OSError, ValueError):  # drop what is queued, then stop it
+            while True:
+                events._event_queue.get_nowait()
+        events._worker.stop()
