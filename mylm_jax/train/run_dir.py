@@ -17,7 +17,7 @@ Checkpointer(...))`) and resumes through the same `restore`.
 What may change when a run continues from a checkpoint, and what may not:
 structural settings (anything that changes a parameter's shape: vocab, widths, layers,
 heads, experts, untied head, ...; the optimizer, since AdamW and Muon keep different
-state; the tokenizer, since the same ids must mean the same text) are one-line errors.
+state, and gradient clipping on or off, a stage of the optimizer's own; the tokenizer, since the same ids must mean the same text) are one-line errors.
 Everything else may change (lr, schedule, steps, batch size, intervals, the data path
 with the same tokenizer, the mesh), and the differences are printed, so a continued run
 says how it differs from the one it continues. The data itself may not change under the
@@ -91,6 +91,12 @@ def check_structure(meta: dict, cfg: Config, new_shapes: dict, tokenizer: dict |
     if old.optim.name != cfg.optim.name:
         raise ConfigError(f"the checkpoint (step {step}) was trained with optim.name={old.optim.name}; "
                           f"this config says {cfg.optim.name} (their optimizer states differ)")
+    if (old.optim.grad_clip > 0) != (cfg.optim.grad_clip > 0):
+        # Clipping is a stage of its own in the optimizer chain (optim/build.py): on or off
+        # is another state tree. Its threshold may change; a very large one clips nothing.
+        raise ConfigError(f"the checkpoint (step {step}) was trained with optim.grad_clip={old.optim.grad_clip}; "
+                          f"this config says {cfg.optim.grad_clip} (clipping on or off changes the optimizer's "
+                          "state; to stop clipping, set a threshold that is never reached, e.g. 1e9)")
     if tokenizer is not None and meta.get("tokenizer"):
         then, now = meta["tokenizer"]["fingerprint"], tokenizer["fingerprint"]
         if then != now:
