@@ -31,7 +31,15 @@ Sampling, on the float32 logits of the last position, in this order:
                         reaches p (the token that crosses p is kept)
     draw                a categorical sample with a key split from `seed` per step
 A row stops at any of `stop_tokens` (kept in the output) or after max_new_tokens.
-Every setting is range-checked once, in SamplingConfig, for the CLI and Python callers alike.
+Every setting is range-checked once, in SamplingConfig, for the CLI and Python callers alike,
+and so are the values its ranges allow but float32 cannot sample (`sampling_problem`: a top_p
+that is 0 on the device, a temperature that overflows the logits). The server checks its
+requests with the same function.
+
+Non-finite logits. A checkpoint with NaN weights gives NaN logits, and sampling from them
+picks id 0 every time (NUL bytes, and nothing says why). The jitted steps compute one flag
+per row, "every logit below the vocabulary limit is finite", which the host reads with the
+token it reads anyway; a false flag is a NonFiniteLogits error (one line), never a token.
 """
 
 from __future__ import annotations
@@ -51,6 +59,33 @@ from mylm_jax.model.attention import init_cache
 
 # A prompt is cut rather than leave fewer new tokens than this (or than max_new_tokens, if fewer).
 MIN_NEW_TOKENS = 16
+# float32's smallest positive normal number. A smaller top_p reaches the device as 0 or as a
+# denormal, which XLA flushes to 0: no token is then kept, and every draw is id 0.
+MIN_TOP_P = float(np.finfo(np.float32).tiny)
+# A temperature below this divides float32 logits past float32's range (inf, then inf - inf =
+# NaN in top-p's softmax); it would be greedy in all but name anyway.
+MIN_TEMPERATURE = 1e-5
+
+
+class NonFiniteLogits(ConfigError):
+    """The model gave NaN/inf logits: a broken checkpoint, not a sampling setting (one line)."""
+
+    def __init__(self, where: str = ""):
+        super().__init__(f"the model's logits are not finite (NaN/inf){where}, so no token can be sampled: the "
+                         "checkpoint's weights hold NaN/inf or its computation overflows (a diverged run?); "
+                         "try an earlier checkpoint (--step)")
+
+
+def sampling_problem(temperature: float, top_p: float) -> tuple[str, str] | None:
+    """(field, what it must be) for a temperature or top_p inside its range that float32
+    cannot sample with, or None. SamplingConfig and the server's requests both ask."""
+    if 0 < top_p < MIN_TOP_P:
+        return "top_p", (f"must be at least {MIN_TOP_P:.8g} (a smaller top_p is 0 in float32 and would mask "
+                         f"every token), got {top_p}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        return "temperature", (f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g} (a smaller one overflows "
+                               f"float32 logits), got {temperature}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,7 +108,11 @@ class SamplingConfig:
 
     def __post_init__(self):
         # Errors name the field and the `mylm generate` flag: "top_p (--top-p) must be in (0, 1], got 2.0"
-        check_fields(self, lambda key: f"{key} (--{key.replace('_', '-')})")
+        label = lambda key: f"{key} (--{key.replace('_', '-')})"  # noqa: E731
+        check_fields(self, label)
+        problem = sampling_problem(self.temperature, self.top_p)
+        if problem:
+            raise ConfigError(f"{label(problem[0])} {problem[1]}")
         if self.vocab_limit is not None and self.top_k > self.vocab_limit:
             raise ConfigError(f"top_k (--top-k) must be at most the vocabulary's {self.vocab_limit} ids, "
                               f"got {self.top_k}")
@@ -109,6 +148,11 @@ def mask_ids_from(logits_BV: jax.Array, limit: int) -> jax.Array:
     if limit >= logits_BV.shape[-1]:
         return logits_BV
     return jnp.where(jnp.arange(logits_BV.shape[-1]) < limit, logits_BV, -jnp.inf)
+
+
+def finite_rows(logits_BV: jax.Array, limit: int) -> jax.Array:
+    """[B] bool: every logit of the row below `limit` is finite (the masked ids are -inf on purpose)."""
+    return jnp.isfinite(logits_BV[:, :limit]).all(axis=-1)
 
 
 def apply_repetition_penalty(logits_BV: jax.Array, seen_BV: jax.Array, penalty: float) -> jax.Array:
@@ -177,13 +221,14 @@ class Generator:
         def prefill(state, tokens_BT, valid_BT, positions_BT, cache, key, seen_BV):
             logits_BTV, cache = nnx.merge(self.graphdef, state).decode(tokens_BT, positions_BT, valid_BT, cache)
             token_B = sample_next(logits_BTV[:, -1], key, seen_BV, sampling)
-            return token_B, logits_BTV, cache
+            return token_B, finite_rows(logits_BTV[:, -1], sampling.vocab_limit), cache
 
         def step(state, token_B, position_B, cache, key, seen_BV):
             seen_BV = seen_BV | jax.nn.one_hot(token_B, V, dtype=bool)
             logits_B1V, cache = nnx.merge(self.graphdef, state).decode(
                 token_B[:, None], position_B[:, None], jnp.ones_like(token_B[:, None], bool), cache)
-            return sample_next(logits_B1V[:, 0], key, seen_BV, sampling), logits_B1V[:, 0], cache, seen_BV
+            token_B = sample_next(logits_B1V[:, 0], key, seen_BV, sampling)
+            return token_B, finite_rows(logits_B1V[:, 0], sampling.vocab_limit), cache, seen_BV
 
         self.prefill, self.step = jax.jit(prefill), jax.jit(step, donate_argnums=(3,))
 
@@ -215,14 +260,17 @@ class Generator:
         key = jax.random.PRNGKey(s.seed)
         key, sub = jax.random.split(key)
         cache = init_cache(cfg, B, S)
-        token, _, cache = self.prefill(self.state, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(positions),
-                                       cache, sub, jnp.asarray(seen))
+        token, finite, cache = self.prefill(self.state, jnp.asarray(tokens), jnp.asarray(valid),
+                                            jnp.asarray(positions), cache, sub, jnp.asarray(seen))
         seen = jnp.asarray(seen)
         out = [[] for _ in range(B)]
         active = np.ones(B, bool)
         stops = set(s.stop_tokens)
         for i in range(new_tokens):
             host_token = np.asarray(token)
+            bad = np.flatnonzero(active & ~np.asarray(finite))
+            if bad.size:
+                raise NonFiniteLogits(f" at new token {i + 1} of row {bad[0]}")
             for b in np.flatnonzero(active):
                 out[b].append(int(host_token[b]))
             if on_tokens is not None:
@@ -232,7 +280,7 @@ class Generator:
                 break
             key, sub = jax.random.split(key)
             position = jnp.asarray((T + i - pads).astype(np.int32))
-            token, _, cache, seen = self.step(self.state, token, position, cache, sub, seen)
+            token, finite, cache, seen = self.step(self.state, token, position, cache, sub, seen)
         return out
 
 
@@ -251,7 +299,8 @@ def generate_uncached(model: nnx.Module, prompt: Sequence[int], sampling: Sampli
     @jax.jit
     def next_token(state, window_1T, length, key, seen_1V):
         logits, _ = nnx.merge(graphdef, state)(window_1T)
-        return sample_next(logits[:, length - 1], key, seen_1V, sampling)
+        last_1V = logits[:, length - 1]
+        return sample_next(last_1V, key, seen_1V, sampling), finite_rows(last_1V, sampling.vocab_limit)
 
     tokens, key = list(prompt), jax.random.PRNGKey(sampling.seed)
     seen = np.zeros((1, model.cfg.vocab_size), bool)
@@ -261,7 +310,10 @@ def generate_uncached(model: nnx.Module, prompt: Sequence[int], sampling: Sampli
         padded = np.zeros((1, T), np.int32)
         padded[0, :len(window)] = window  # causal: the padding after the window is never attended
         key, sub = jax.random.split(key)
-        token = int(next_token(state, jnp.asarray(padded), len(window), sub, jnp.asarray(seen))[0])
+        token_1, finite_1 = next_token(state, jnp.asarray(padded), len(window), sub, jnp.asarray(seen))
+        if not bool(finite_1[0]):
+            raise NonFiniteLogits(f" at new token {len(tokens) - len(prompt) + 1}")
+        token = int(token_1[0])
         tokens.append(token)
         seen[0, token] = True
         if token in sampling.stop_tokens:

@@ -120,7 +120,8 @@ def main() -> None:
 
     import jax
 
-    from mylm_jax.serve.app import BackgroundServer, Engine, create_app
+    from mylm_jax.serve.app import Engine, create_app
+    from mylm_jax.serve.server import BackgroundServer
     from mylm_jax.train.run_dir import RunDir
 
     try:

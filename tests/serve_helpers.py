@@ -2,13 +2,16 @@
 reference generator (`mylm generate`'s Generator) to compare the server's text with.
 
 The run is built once per test session, even across pytest-xdist workers (a file lock in
-the directory the workers share), and each test process starts one server over it.
+the directory the workers share), and each test process starts one server over it
+(`server`, default options). A test that needs other options, a slowed decoder or a server
+it may stop starts its own (`own_server`: a fresh Engine, so it compiles again).
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import time
 from pathlib import Path
 
 import pytest
@@ -54,12 +57,44 @@ def loaded(run: Path):
 @functools.cache
 def server(run: Path):
     """(url, engine) of a server over `run` in this process, stopped at exit."""
-    from mylm_jax.serve.app import BackgroundServer, Engine, create_app
+    from mylm_jax.serve.app import Engine, create_app
+    from mylm_jax.serve.server import BackgroundServer
     model, _, tok = loaded(run)
     engine = Engine(model, tok, MODEL_NAME, SLOTS, warmup=False)  # compiled as the tests need it
     background = BackgroundServer(create_app(engine))
     atexit.register(background.stop)
     return background.url, engine
+
+
+def own_server(run: Path, slots: int = SLOTS, step_delay: float = 0.0, model=None, **options):
+    """(BackgroundServer, engine) of a new server over `run` (or `model`) with these
+    ServeOptions; every decode step sleeps `step_delay` seconds first (a request then runs
+    long enough to be caught mid-way). Stopped at exit, or by the test."""
+    from mylm_jax.serve.app import Engine, create_app
+    from mylm_jax.serve.server import BackgroundServer
+    from mylm_jax.serve.options import ServeOptions
+    loaded_model, _, tok = loaded(run)
+    engine = Engine(model or loaded_model, tok, MODEL_NAME, slots, warmup=False, options=ServeOptions(**options))
+    if step_delay:
+        step = engine.decoder.step
+
+        def slow_step(*args, **kwargs):
+            time.sleep(step_delay)
+            return step(*args, **kwargs)
+        engine.decoder.step = slow_step
+    background = BackgroundServer(create_app(engine))
+    atexit.register(background.stop)
+    return background, engine
+
+
+def wait_until(condition, timeout: float = 20.0, every: float = 0.02) -> bool:
+    """Poll `condition()` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return bool(condition())
 
 
 @functools.cache

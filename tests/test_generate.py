@@ -125,3 +125,77 @@ def test_masked_positions_contribute_nothing_to_loss_or_gradient():
     assert float(a) == float(b)
     for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --------------------------------------------------------------------------- degenerate settings
+
+
+def _one_line(fn) -> str:
+    from mylm_jax.config import ConfigError
+    with pytest.raises(ConfigError) as info:
+        fn()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("settings, words", [
+    (dict(top_p=1e-40), "top_p (--top-p) must be at least 1.1754944e-38 (a smaller top_p is 0 in float32"),
+    (dict(top_p=1e-300), "top_p (--top-p) must be at least"),
+    (dict(temperature=1e-40), "temperature (--temperature) must be 0 (greedy) or at least 1e-05"),
+])
+def test_sampling_refuses_settings_that_would_mask_every_token(settings, words):
+    assert words in _one_line(lambda: SamplingConfig(**settings))
+
+
+def test_the_top_p_bound_is_where_float32_stops_keeping_the_likeliest_token():
+    from mylm_jax.generate import MIN_TOP_P
+    logits = jnp.asarray([[0.0, 5.0, 1.0]])
+    kept = lambda p: np.isfinite(np.asarray(top_p_filter(logits, jnp.float32(p))))[0].tolist()  # noqa: E731
+    assert kept(MIN_TOP_P) == [False, True, False]  # the smallest value allowed keeps the likeliest token
+    assert kept(MIN_TOP_P / 2) == [False, False, False]  # below it (a denormal, flushed to 0) nothing is kept
+    SamplingConfig(top_p=MIN_TOP_P, temperature=1e-5)  # both bounds are allowed
+
+
+def test_mylm_generate_refuses_a_top_p_of_1e_40_before_the_checkpoint(tmp_path, capsys):
+    from mylm_jax.cli import main
+    assert main(["generate", "--checkpoint", str(tmp_path / "no_run"), "--top-p", "1e-40"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mylm: error: top_p (--top-p) must be at least") and len(err.splitlines()) == 1, err
+
+
+def _nan_model(**overrides):
+    """A model whose weights are all NaN (a diverged run's checkpoint)."""
+    cfg, model = _model("modern", **overrides)
+    graphdef, state = nnx.split(model)
+    nan = lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+    return cfg, nnx.merge(graphdef, jax.tree.map(nan, state))
+
+
+def test_non_finite_logits_are_an_error_never_tokens():
+    from mylm_jax.generate import Generator, NonFiniteLogits
+    _, model = _nan_model()
+    for sampling in (SamplingConfig(max_new_tokens=4, temperature=0.0), SamplingConfig(max_new_tokens=4, top_p=0.9)):
+        with pytest.raises(NonFiniteLogits, match=r"^the model's logits are not finite \(NaN/inf\) at new token 1"):
+            Generator(model, sampling, on_note=lambda text: None)([[1, 2, 3]])
+        with pytest.raises(NonFiniteLogits):
+            generate_uncached(model, [1, 2, 3], sampling)
+
+
+def test_mylm_generate_with_nan_logits_is_one_line_and_exit_2(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from mylm_jax.cli import main
+    from mylm_jax.config import Config, DataConfig
+    from mylm_jax.tokenizer import train_tokenizer
+    from mylm_jax.train.run_dir import RunDir
+    from tests.train_helpers import TEXT
+
+    tok = train_tokenizer([TEXT * 5], vocab_size=300, progress=False)
+    cfg, model = _nan_model(vocab_size=512)  # room for the tokenizer's ids
+    run = SimpleNamespace(load_model=lambda step: (model, Config(model=cfg, data=DataConfig(seq_len=32)), tok))
+    monkeypatch.setattr(RunDir, "open", staticmethod(lambda path: run))
+    assert main(["generate", "--checkpoint", "run", "--prompt", "First", "--max-new-tokens", "8"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("mylm: error: the model's logits are not finite (NaN/inf)") and len(err.splitlines()) == 1
+    assert "\x00" not in captured.out

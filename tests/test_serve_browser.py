@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_helpers import server, shared_run
+from tests.serve_helpers import own_server, server, shared_run
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e \".[serve]\"")
 
@@ -65,3 +65,27 @@ def test_the_chat_page_streams_an_answer_in_chromium(tmp_path_factory):
             sync_api.expect(page.locator(".msg")).to_have_count(0)
         finally:
             browser.close()
+
+
+def test_the_chat_page_asks_for_and_sends_the_api_key(tmp_path_factory):
+    """A server started with --api-key: the page says it needs one, and with the key typed in
+    its settings it loads the model and gets an answer (Authorization: Bearer, as OpenAI's)."""
+    background, _ = own_server(shared_run(tmp_path_factory), api_key="page-key")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(background.url + "/")
+            sync_api.expect(page.locator("#model")).to_contain_text("needs an API key")
+            page.fill("#api_key", "page-key")
+            page.dispatch_event("#api_key", "change")
+            sync_api.expect(page.locator("#model")).to_contain_text("tiny")
+            page.fill("#max_tokens", "40")
+            page.fill("#temperature", "0")
+            page.fill("#input", "Are you resolved?")
+            page.press("#input", "Enter")
+            sync_api.expect(page.locator(".msg.assistant.streaming")).to_have_count(0, timeout=60_000)
+            assert page.locator(".msg.error").count() == 0 and page.locator(".msg.assistant").inner_text()
+        finally:
+            browser.close()
+            background.stop()

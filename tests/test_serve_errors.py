@@ -42,7 +42,8 @@ def url(tmp_path_factory):
     (CHAT, {"messages": HELLO, "model": "nope"}, 404, "model", "does not exist"),
 ])
 def test_bad_requests_get_openai_errors(url, path, body, status, param, words):
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": {"model": MODEL_NAME, **body}}
+    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) \
+        else {"json": {"model": MODEL_NAME, **body}}
     response = httpx.post(url + path, timeout=60, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -19,8 +19,13 @@ and each sequence reports through its `emit(event)` callback, which the server p
 an asyncio queue (loop.call_soon_threadsafe). Events:
     ("text", choice, delta)                      text that can no longer change
     ("end", choice, finish_reason, n_tokens)     "stop" or "length"; n_tokens generated
-    ("error", choice, message)                   the device call failed; the server goes on
+    ("error", choice, message, status)           500: the device call failed, or the model's logits
+                                                 were not finite (a NaN checkpoint); 503: the server
+                                                 is shutting down and the sequence had no slot yet.
+                                                 The sequence is over; the server goes on.
 A sequence whose client has gone (`cancel()`) is dropped before its next step, freeing its slot.
+`drain()` (at shutdown) refuses every sequence still waiting; those in slots go on until they
+end or `cut()` (the drain's deadline) ends them with a 503 error event.
 """
 
 from __future__ import annotations
@@ -34,8 +39,12 @@ from typing import Callable
 
 import numpy as np
 
+from mylm_jax.generate import NonFiniteLogits
 from mylm_jax.serve.slots import SlotDecoder
 from mylm_jax.serve.text import TextStream
+
+NOT_STARTED = "the server is shutting down; this request had not started (send it again elsewhere or later)"
+CUT = "the server shut down before this answer was finished (it was cut after {} tokens)"
 
 
 @dataclass(eq=False)
@@ -69,7 +78,7 @@ class Batcher:
         self.last_B = np.zeros(B, np.int32)       # each slot's last token (fed to the next step)
         self.position_B = np.zeros(B, np.int32)   # ... and its position
         self.steps = 0
-        self._stop = threading.Event()
+        self._stop, self._draining, self._cutting = threading.Event(), threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="mylm-batcher", daemon=True)
 
     # --- the HTTP side ------------------------------------------------------------------
@@ -81,6 +90,17 @@ class Batcher:
         self._stop.set()
         self.pending.put(None)  # wake the worker if it is idle
         self._thread.join(timeout=30)
+
+    def drain(self) -> None:
+        """Refuse (503) every sequence that has no slot yet; the running ones go on (shutdown)."""
+        self._draining.set()
+        self.pending.put(None)  # wake the worker if it is idle
+
+    def cut(self) -> None:
+        """End every running sequence now with a 503 error event (the drain's deadline)."""
+        self._draining.set()
+        self._cutting.set()
+        self.pending.put(None)
 
     def submit(self, sequences: list[Sequence]) -> None:
         for seq in sequences:
@@ -98,6 +118,10 @@ class Batcher:
             self._take_pending(block=not busy and not self.waiting)
             try:
                 self._drop_cancelled()
+                if self._draining.is_set():
+                    self._refuse_waiting()
+                if self._cutting.is_set():
+                    self._cut_running()
                 self._admit()
                 if any(s is not None for s in self.slots):
                     self._step()
@@ -105,7 +129,7 @@ class Batcher:
                 traceback.print_exc()
                 for slot, seq in enumerate(self.slots):
                     if seq is not None:
-                        seq.emit(("error", seq.choice, f"generation failed: {type(e).__name__}: {e}"))
+                        seq.emit(("error", seq.choice, f"generation failed: {type(e).__name__}: {e}", 500))
                         self.slots[slot] = None
 
     def _take_pending(self, block: bool) -> None:
@@ -124,27 +148,44 @@ class Batcher:
             if seq is not None and seq.cancelled:
                 self.slots[slot] = None
 
+    def _refuse_waiting(self) -> None:
+        self._take_pending(block=False)
+        while self.waiting:
+            seq = self.waiting.popleft()
+            seq.emit(("error", seq.choice, NOT_STARTED, 503))
+
+    def _cut_running(self) -> None:
+        for slot, seq in enumerate(self.slots):
+            if seq is not None:
+                seq.emit(("error", seq.choice, CUT.format(seq.generated), 503))
+                self.slots[slot] = None
+
     def _admit(self) -> None:
         for slot in range(len(self.slots)):
             if self.slots[slot] is None and self.waiting:
                 seq = self.waiting.popleft()
                 self.slots[slot] = seq
-                token = self.decoder.prefill(slot, seq.prompt, seq.seed, seq.temperature, seq.top_p)
+                token, ok = self.decoder.prefill(slot, seq.prompt, seq.seed, seq.temperature, seq.top_p)
                 self.position_B[slot] = len(seq.prompt)
-                self._deliver(slot, token)
+                self._deliver(slot, token, ok)
 
     def _step(self) -> None:
         used = 1 + max(slot for slot, seq in enumerate(self.slots) if seq is not None)
-        tokens_B = self.decoder.step(self.last_B, self.position_B, used)
+        tokens_B, ok_B = self.decoder.step(self.last_B, self.position_B, used)
         self.steps += 1
         for slot, seq in enumerate(self.slots):
             if seq is not None:
                 self.position_B[slot] += 1
-                self._deliver(slot, int(tokens_B[slot]))
+                self._deliver(slot, int(tokens_B[slot]), bool(ok_B[slot]))
 
-    def _deliver(self, slot: int, token: int) -> None:
-        """One new token of the sequence in `slot`: send its text, end it if it is done."""
+    def _deliver(self, slot: int, token: int, ok: bool) -> None:
+        """One new token of the sequence in `slot`: send its text, end it if it is done (or
+        fail it if its logits were not finite: the token would be noise)."""
         seq = self.slots[slot]
+        if not ok:
+            seq.emit(("error", seq.choice, str(NonFiniteLogits(f" at new token {seq.generated + 1}")), 500))
+            self.slots[slot] = None
+            return
         seq.generated += 1
         self.last_B[slot] = token
         stopped = token in seq.stop_ids

@@ -2,8 +2,11 @@
 of the server's batcher, mylm_jax/serve/batcher.py).
 
     slots = SlotDecoder(model, n_slots=8, vocab_limit=tok.vocab_size)
-    token = slots.prefill(slot, prompt_ids, seed, temperature, top_p)   # a new sequence in `slot`
-    tokens_B = slots.step(tokens_B, positions_B, used)                   # one token for every slot < used
+    token, ok = slots.prefill(slot, prompt_ids, seed, temperature, top_p)   # a new sequence in `slot`
+    tokens_B, ok_B = slots.step(tokens_B, positions_B, used)                 # one token for every slot < used
+
+`ok` is False where the slot's logits were not finite (a NaN checkpoint): its token is
+meaningless and the batcher ends the sequence with an error (generate.py's `finite_rows`).
 
 Why per-row caches. `Generator` (mylm_jax/generate.py) starts every row of a batch together,
 so one write index serves them all. Here a slot is refilled whenever its sequence ends,
@@ -42,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from mylm_jax.generate import sample_rows
+from mylm_jax.generate import finite_rows, sample_rows
 from mylm_jax.model.attention import init_cache
 
 SMALLEST_BUCKET = 16
@@ -82,7 +86,7 @@ class SlotDecoder:
             key, sub = jax.random.split(key)
             last_1V = jax.lax.dynamic_index_in_dim(logits_1TV[0], length - 1, keepdims=True)
             token = sample_rows(last_1V, sub[None], temperature[None], top_p[None], limit)[0]
-            return token, keys_B.at[slot].set(key), cache
+            return token, finite_rows(last_1V, limit)[0], keys_B.at[slot].set(key), cache
 
         def step(state, cache, keys_B, tokens_k, positions_k, temperature_k, top_p_k):
             k = tokens_k.shape[0]  # the first k slots (k <= B): the rest are free and skipped
@@ -92,43 +96,49 @@ class SlotDecoder:
             cache = jax.tree.map(lambda c, p: c.at[:k].set(p), cache, part)
             keys_k2, subs_k = jnp.moveaxis(jax.vmap(jax.random.split)(keys_B[:k]), 1, 0)
             tokens_k = sample_rows(logits_k11V[:, 0, 0], subs_k, temperature_k, top_p_k, limit)
-            return tokens_k, keys_B.at[:k].set(keys_k2), cache
+            return tokens_k, finite_rows(logits_k11V[:, 0, 0], limit), keys_B.at[:k].set(keys_k2), cache
 
         self._prefill = jax.jit(prefill, donate_argnums=(1, 2))
         self._step = jax.jit(step, donate_argnums=(1, 2))
         row = init_cache(cfg, 1, S)
-        self.cache = jax.tree.map(lambda x: jnp.zeros((n_slots,) + x.shape, x.dtype), row)
-        self.keys = jnp.zeros((n_slots, 2), jnp.uint32)
+        # Placed as the compiled calls return them (replicated on the weights' mesh): otherwise
+        # the first call after each warm-up call would see a new input type and compile again.
+        like = jax.tree.leaves(self.state)[0].sharding
+        placed = NamedSharding(like.mesh, PartitionSpec()) if isinstance(like, NamedSharding) else like
+        self.cache = jax.device_put(jax.tree.map(lambda x: jnp.zeros((n_slots,) + x.shape, x.dtype), row), placed)
+        self.keys = jax.device_put(jnp.zeros((n_slots, 2), jnp.uint32), placed)
         self.temperature = np.zeros(n_slots, np.float32)
         self.top_p = np.ones(n_slots, np.float32)
 
     def bucket(self, length: int) -> int:
         return next(b for b in self.buckets if b >= length)
 
-    def prefill(self, slot: int, prompt: list[int], seed: int, temperature: float, top_p: float) -> int:
-        """Start `prompt` (1 <= len < context) in `slot`; returns its first new token."""
+    def prefill(self, slot: int, prompt: list[int], seed: int, temperature: float, top_p: float) -> tuple[int, bool]:
+        """Start `prompt` (1 <= len < context) in `slot`; returns its first new token and whether
+        the logits it was drawn from were finite."""
         L = len(prompt)
         if not 0 < L < self.context:
             raise ValueError(f"a prompt of {L} tokens does not fit a context of {self.context}")
         tokens = np.zeros(self.bucket(L), np.int32)
         tokens[:L] = prompt
         self.temperature[slot], self.top_p[slot] = temperature, top_p
-        token, self.keys, self.cache = self._prefill(
+        token, ok, self.keys, self.cache = self._prefill(
             self.state, self.cache, self.keys, np.int32(slot), tokens, np.int32(L),
             jax.random.PRNGKey(seed), np.float32(temperature), np.float32(top_p))
-        return int(token)
+        return int(token), bool(ok)
 
-    def step(self, tokens_B: np.ndarray, positions_B: np.ndarray, used: int | None = None) -> np.ndarray:
-        """Feed every slot its last token (at its position); returns the next token of each.
-        used: slots [used, B) are free: only the first `row_bucket(used)` slots are computed
-        (the others' tokens come back as 0)."""
+    def step(self, tokens_B: np.ndarray, positions_B: np.ndarray,
+             used: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Feed every slot its last token (at its position); returns the next token of each and
+        whether its logits were finite. used: slots [used, B) are free: only the first
+        `row_bucket(used)` slots are computed (the others come back as token 0, finite)."""
         k = self.row_bucket(self.n_slots if used is None else used)
-        tokens_k, self.keys, self.cache = self._step(
+        tokens_k, ok_k, self.keys, self.cache = self._step(
             self.state, self.cache, self.keys, np.asarray(tokens_B[:k], np.int32),
             np.asarray(positions_B[:k], np.int32), self.temperature[:k], self.top_p[:k])
-        tokens = np.zeros(self.n_slots, np.int32)
-        tokens[:k] = np.asarray(tokens_k)
-        return tokens
+        tokens, ok = np.zeros(self.n_slots, np.int32), np.ones(self.n_slots, bool)
+        tokens[:k], ok[:k] = np.asarray(tokens_k), np.asarray(ok_k)
+        return tokens, ok
 
     def row_bucket(self, used: int) -> int:
         """The step's row count for `used` slots: 1, 2, 4, ... up to B (one compile each), so a
